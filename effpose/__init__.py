@@ -1,0 +1,3 @@
+"""effpose: efficient top-down human pose estimation (EfficientPose A/B/C) served on ONNX Runtime."""
+
+__version__ = "0.1.0"
