@@ -1,0 +1,16 @@
+"""Torch networks built from genotypes (training, search and export side; serving does not import this)."""
+
+from effpose.model.blocks import InvertedResidual, build_op
+from effpose.model.complexity import Complexity, measure_complexity
+from effpose.model.network import EfficientPose, build_model, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "Complexity",
+    "EfficientPose",
+    "InvertedResidual",
+    "build_model",
+    "build_op",
+    "load_checkpoint",
+    "measure_complexity",
+    "save_checkpoint",
+]

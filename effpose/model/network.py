@@ -1,0 +1,116 @@
+"""EfficientPose: fixed stem + searched backbone + slim transposed-conv head + SIC + 1x1 prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from effpose.genotype import STEM_WIDTH, Genotype, load_genotype
+from effpose.keypoints import NUM_KEYPOINTS
+from effpose.model.blocks import ConvBNReLU, build_op
+
+HEAD_CHANNELS = (64, 32)
+
+
+def _upsample(cin: int, cout: int) -> nn.Sequential:
+    """Transposed conv k4 s2 p1 (doubles the resolution, no bias), BN, ReLU."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class EfficientPose(nn.Module):
+    """Top-down pose network: image crop (N, 3, H, W) -> heatmaps (N, J, H/4, W/4).
+
+    ``sic`` toggles the spatial information correction (depthwise 3x3 + ReLU before the prediction), so that
+    the no-SIC ablation is the same class.
+    """
+
+    def __init__(self, genotype: Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool = True):
+        super().__init__()
+        if genotype.output_stride != 16:
+            raise ValueError(f"genotype {genotype.name!r} has output stride {genotype.output_stride}, the head needs 16")
+        self.genotype = genotype
+        self.num_joints = num_joints
+        self.sic_enabled = sic
+        self.stem = nn.Sequential(
+            ConvBNReLU(3, STEM_WIDTH, 3, 2),
+            ConvBNReLU(STEM_WIDTH, STEM_WIDTH, 3, 1, groups=STEM_WIDTH),
+            ConvBNReLU(STEM_WIDTH, genotype.stem_channels, 1, act=False),
+        )
+        stages: list[nn.Module] = []
+        cin = genotype.stem_channels
+        for stage in genotype.stages:
+            layers = [build_op(op, cin if i == 0 else stage.channels, stage.channels, stage.stride if i == 0 else 1)
+                      for i, op in enumerate(stage.ops)]
+            stages.append(nn.Sequential(*layers))
+            cin = stage.channels
+        self.backbone = nn.Sequential(*stages)
+        self.head = nn.Sequential(_upsample(cin, HEAD_CHANNELS[0]), _upsample(*HEAD_CHANNELS))
+        width = HEAD_CHANNELS[-1]
+        self.sic = (
+            nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.ReLU(inplace=True))
+            if sic else nn.Identity()
+        )
+        self.predictor = nn.Conv2d(width, num_joints, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.ConvTranspose2d):
+                nn.init.normal_(module.weight, std=0.001)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.predictor(self.sic(self.head(self.backbone(self.stem(x)))))
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this network (stored in checkpoints)."""
+        return {"genotype": self.genotype.to_dict(), "num_joints": self.num_joints, "sic": self.sic_enabled}
+
+
+def build_model(arch: str | Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool = True) -> EfficientPose:
+    """Build a network from a built-in name (A, B, C, mbv2), a genotype JSON path, or a Genotype."""
+    genotype = arch if isinstance(arch, Genotype) else load_genotype(arch)
+    return EfficientPose(genotype, num_joints=num_joints, sic=sic)
+
+
+def save_checkpoint(model: EfficientPose, path: str | Path, **extra: Any) -> None:
+    """Save weights together with the network config, so that :func:`load_checkpoint` needs nothing else."""
+    torch.save({"config": model.config(), "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None) -> tuple[EfficientPose, dict[str, Any]]:
+    """Rebuild a network from a checkpoint written by :func:`save_checkpoint` (or the training job).
+
+    A bare state dict is accepted too when ``arch`` names the architecture. Returns the model (eval mode)
+    and the checkpoint's remaining entries.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint:
+        checkpoint = {"state_dict": checkpoint}
+    config = checkpoint.get("config")
+    if config is not None:
+        genotype = Genotype.from_dict(config["genotype"])
+        if arch is not None and load_genotype(arch) != genotype:
+            raise ValueError(f"checkpoint {path} holds {genotype.name!r}, not {arch!r}")
+        model = EfficientPose(genotype, num_joints=config["num_joints"], sic=config["sic"])
+    elif arch is not None:
+        num_joints = checkpoint["state_dict"]["predictor.weight"].shape[0]
+        model = build_model(arch, num_joints=num_joints, sic="sic.0.weight" in checkpoint["state_dict"])
+    else:
+        raise ValueError(f"checkpoint {path} has no network config: pass the architecture")
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    return model, {k: v for k, v in checkpoint.items() if k not in ("state_dict", "config")}

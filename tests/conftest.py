@@ -1,0 +1,71 @@
+"""Shared fixtures: the shared data folder, randomised (not trained) models and their ONNX exports."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("EFFPOSE_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data (or $EFFPOSE_DATA); tests that need it skip when it is absent."""
+    if not (DATA_DIR / "coco" / "annotations" / "person_keypoints_val.json").is_file():
+        pytest.skip(f"shared data not found at {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def coco_val_person(data_dir: Path) -> tuple[Path, list[float]]:
+    """A real COCO val photo and one annotated person's box (x1, y1, x2, y2)."""
+    annotations = json.loads((data_dir / "coco" / "annotations" / "person_keypoints_val.json").read_text())
+    person = max(annotations["annotations"], key=lambda a: a["num_keypoints"] * (a["area"] > 64 * 64))
+    image = next(i for i in annotations["images"] if i["id"] == person["image_id"])
+    x, y, w, h = person["bbox"]
+    return data_dir / "coco" / "images" / image["file_name"], [x, y, x + w, y + h]
+
+
+def randomize(model):  # noqa: ANN001, ANN201 - torch types stay out of this module's import
+    """Give a freshly built model random BN statistics and O(1) outputs, so parity checks compare real signal."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.1, 0.1, generator=generator)
+            elif isinstance(module, nn.ConvTranspose2d):
+                module.weight.normal_(0.0, 0.05, generator=generator)
+        model.predictor.weight.normal_(0.0, 0.2, generator=generator)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def randomized():
+    """The :func:`randomize` helper, for tests that build further models."""
+    return randomize
+
+
+@pytest.fixture(scope="session")
+def random_model_a():
+    """EfficientPose-A with random (untrained) weights, in eval mode."""
+    from effpose.model import build_model
+
+    return randomize(build_model("A"))
+
+
+@pytest.fixture(scope="session")
+def random_onnx_a(random_model_a, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The random EfficientPose-A exported to ONNX (weights marked random-init)."""
+    from effpose.export import export_onnx
+
+    return export_onnx(random_model_a, tmp_path_factory.mktemp("onnx") / "a.onnx", weights="random-init")
