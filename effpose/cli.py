@@ -1,0 +1,166 @@
+"""The ``effpose`` command line. Each sub-command imports what it needs, so inference commands never load torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def parse_input_size(text: str) -> tuple[int, int]:
+    """Parse "HEIGHTxWIDTH" (the papers' order, e.g. 256x192) into (width, height)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input size must look like 256x192 (height x width), got {text!r}") from None
+    if height <= 0 or width <= 0 or height % 32 or width % 32:
+        raise argparse.ArgumentTypeError(f"input height and width must be positive multiples of 32, got {text!r}")
+    return width, height
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """Parse "x1,y1,x2,y2" in image pixels."""
+    try:
+        x1, y1, x2, y2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a box is x1,y1,x2,y2 (four numbers), got {text!r}") from None
+    return x1, y1, x2, y2
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print parameters and multiply-accumulates of an architecture as JSON."""
+    from effpose.model import build_model, measure_complexity
+
+    model = build_model(args.arch, num_joints=args.joints)
+    stats = measure_complexity(model, args.input)
+    print(json.dumps({
+        "arch": args.arch,
+        "name": model.genotype.name,
+        "input": {"height": args.input[1], "width": args.input[0]},
+        "num_joints": args.joints,
+        "params": stats.params,
+        "macs": stats.macs,
+        "gmacs": round(stats.macs / 1e9, 4),
+        "genotype": model.genotype.to_dict(),
+    }, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a checkpoint (or, explicitly, random weights) to ONNX and check parity with torch."""
+    from effpose.export import check_parity, export_onnx
+    from effpose.model import build_model, load_checkpoint
+
+    if args.checkpoint is None and not args.random_weights:
+        print("error: pass --checkpoint FILE (or --random-weights for an untrained test model)", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None:
+        model, _ = load_checkpoint(args.checkpoint, arch=args.arch)
+        weights = "trained"
+    else:
+        model = build_model(args.arch or "A", num_joints=args.joints)
+        weights = "random-init"
+    path = export_onnx(model, args.out, args.input, weights=weights)
+    diff = check_parity(model, path, args.input)
+    print(json.dumps({"out": str(path), "weights": weights, "parity_max_abs_diff": diff}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Estimate poses in one image and print them as JSON; optionally write the drawn image."""
+    import cv2
+
+    from effpose.assets import default_pose_model
+    from effpose.draw import draw_poses
+    from effpose.runtime import PoseEstimator
+
+    image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)  # applies the EXIF orientation
+    if image is None:
+        print(f"error: cannot read {args.image} as an image", file=sys.stderr)
+        return 2
+    height, width = image.shape[:2]
+    estimator = PoseEstimator(
+        args.model or default_pose_model(), providers=args.providers, intra_op_threads=args.threads,
+        decode=args.decode, flip=args.flip,
+    )
+    if estimator.info.weights != "trained":
+        print(f"warning: {estimator.info.name} has {estimator.info.weights} weights; its keypoints are meaningless",
+              file=sys.stderr)
+    boxes, source = (args.box, "client") if args.box else ([(0.0, 0.0, float(width), float(height))], "whole_image")
+    try:
+        persons = estimator.estimate(image, boxes, source=source)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = {
+        "image": str(args.image),
+        "width": width,
+        "height": height,
+        "model": {"name": estimator.info.name, "version": estimator.info.version, "weights": estimator.info.weights},
+        "persons": [p.to_dict(estimator.info.keypoint_names) for p in persons],
+    }
+    if args.out is not None:
+        cv2.imwrite(str(args.out), draw_poses(image, [{"box": p.box, "keypoints": p.keypoints} for p in persons], args.keypoint_threshold))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for index, person in enumerate(result["persons"]):
+            confident = sum(k["score"] > args.keypoint_threshold for k in person["keypoints"])
+            print(f"person {index}: box {person['box']} score {person['score']:.3f} "
+                  f"({confident}/{len(person['keypoints'])} keypoints over {args.keypoint_threshold})")
+        if args.out is not None:
+            print(f"drawn image: {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(prog="effpose", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="parameters and MACs of an architecture (JSON)")
+    info.add_argument("--arch", default="A", help="A, B, C, mbv2 or a genotype JSON file")
+    info.add_argument("--input", type=parse_input_size, default=(192, 256), help="HEIGHTxWIDTH, default 256x192")
+    info.add_argument("--joints", type=int, default=17)
+    info.set_defaults(func=cmd_info)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX (dynamic batch) with a parity check")
+    export.add_argument("--arch", default=None, help="A, B, C, mbv2 or genotype JSON (default: the checkpoint's own, else A)")
+    export.add_argument("--checkpoint", type=Path, help="checkpoint written by training")
+    export.add_argument("--random-weights", action="store_true", help="export an untrained model (tests only)")
+    export.add_argument("--input", type=parse_input_size, default=(192, 256), help="HEIGHTxWIDTH, default 256x192")
+    export.add_argument("--joints", type=int, default=17, help="joints of a --random-weights model")
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_export)
+
+    predict = commands.add_parser("predict", help="poses in one image: JSON and a drawn image")
+    predict.add_argument("image", type=Path)
+    predict.add_argument("--model", type=Path, help="pose model ONNX (default: the shipped model)")
+    predict.add_argument("--box", type=parse_box, action="append", help="person box x1,y1,x2,y2 (repeatable); "
+                         "default: the whole image as one person")
+    predict.add_argument("--out", type=Path, help="write the image with skeletons drawn")
+    predict.add_argument("--json", action="store_true", help="print the result as JSON")
+    predict.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
+    predict.add_argument("--decode", choices=("quarter", "dark"), default="quarter", help="sub-pixel refinement")
+    predict.add_argument("--keypoint-threshold", type=float, default=0.3, help="only for drawing and the summary")
+    predict.add_argument("--providers", default="cpu", help="cpu, cuda or auto")
+    predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``effpose`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""ONNX export of a pose network (dynamic batch, self-describing metadata) and a parity check against torch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from effpose import __version__
+from effpose.keypoints import KEYPOINT_NAMES, SKELETON
+from effpose.model import EfficientPose
+from effpose.processing import INPUT_MEAN, INPUT_STD
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "heatmaps"
+OPSET = 17
+
+
+def model_metadata(model: EfficientPose, input_size: tuple[int, int], weights: str, version: str) -> dict[str, str]:
+    """Metadata stored in the ONNX file; the runtime reads the input contract from it."""
+    return {
+        "effpose.name": model.genotype.name,
+        "effpose.version": version,
+        "effpose.weights": weights,
+        "effpose.input_size": json.dumps(list(input_size)),
+        "effpose.num_joints": str(model.num_joints),
+        "effpose.keypoint_names": json.dumps(list(KEYPOINT_NAMES[: model.num_joints])),
+        "effpose.skeleton": json.dumps([list(pair) for pair in SKELETON]),
+        "effpose.input_mean": json.dumps(list(INPUT_MEAN)),
+        "effpose.input_std": json.dumps(list(INPUT_STD)),
+        "effpose.input_format": "RGB float32 NCHW, (pixel/255 - mean) / std",
+        "effpose.config": json.dumps(model.config()),
+    }
+
+
+def export_onnx(
+    model: EfficientPose,
+    path: str | Path,
+    input_size: tuple[int, int] = (192, 256),
+    weights: str = "trained",
+    version: str = __version__,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export ``model`` for crops of ``input_size`` (width, height) with a dynamic batch axis.
+
+    ``weights`` says what the weights are ("trained", "random-init", ...) and travels in the metadata.
+    """
+    path = Path(path)
+    model = model.eval()
+    dummy = torch.zeros(2, 3, input_size[1], input_size[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    proto = onnx.load(str(path))
+    metadata = model_metadata(model, input_size, weights, version)
+    metadata.update({f"effpose.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "effpose"
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
+@torch.no_grad()
+def check_parity(
+    model: EfficientPose,
+    onnx_path: str | Path,
+    input_size: tuple[int, int] = (192, 256),
+    batch_sizes: tuple[int, ...] = (1, 3),
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> float:
+    """Run torch and ONNX Runtime on the same random crops; return the max abs difference.
+
+    Raises AssertionError when it exceeds ``atol``.
+    """
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch in batch_sizes:
+        crops = rng.standard_normal((batch, 3, input_size[1], input_size[0])).astype(np.float32)
+        expected = model.eval()(torch.from_numpy(crops)).numpy()
+        actual = session.run([OUTPUT_NAME], {INPUT_NAME: crops})[0]
+        if actual.shape != expected.shape:
+            raise AssertionError(f"ONNX output shape {actual.shape} != torch {expected.shape}")
+        worst = max(worst, float(np.abs(actual - expected).max()))
+    if worst > atol:
+        raise AssertionError(f"ONNX Runtime differs from torch by {worst:.3g} > {atol:g}")
+    return worst

@@ -1,0 +1,118 @@
+"""ONNX export parity and the ONNX Runtime estimator against the torch model on the same crops."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from effpose.export import check_parity
+from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES
+from effpose.processing import merge_flip
+from effpose.runtime import PoseEstimator, person_score, resolve_providers
+
+
+def test_export_parity_and_dynamic_batch(random_model_a, random_onnx_a) -> None:
+    diff = check_parity(random_model_a, random_onnx_a, batch_sizes=(1, 3, 8))
+    assert diff < 1e-4
+    with torch.no_grad():
+        assert random_model_a(torch.randn(1, 3, 256, 192)).abs().max() > 0.05  # parity compares real signal
+
+
+def test_parity_check_catches_a_different_model(randomized, random_onnx_a) -> None:
+    from effpose.model import build_model
+
+    other = randomized(build_model("A"))
+    with torch.no_grad():
+        other.predictor.bias.add_(0.5)
+    with pytest.raises(AssertionError, match="differs"):
+        check_parity(other, random_onnx_a)
+
+
+def test_export_metadata_describes_the_model(random_onnx_a) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(random_onnx_a)).metadata_props}
+    assert meta["effpose.name"] == "efficientpose_a"
+    assert meta["effpose.weights"] == "random-init"
+    assert json.loads(meta["effpose.keypoint_names"]) == list(KEYPOINT_NAMES)
+    estimator = PoseEstimator(random_onnx_a)
+    assert estimator.info.input_size == (192, 256) and estimator.info.num_joints == 17
+
+
+def _photo() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (7, 7), 0)
+    cv2.circle(image, (240, 150), 40, (255, 255, 255), -1)
+    return image
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, flip: bool) -> None:
+    estimator = PoseEstimator(random_onnx_a, decode="dark")
+    image = _photo()
+    boxes = [[100, 40, 300, 340], [10.5, 20.25, 90, 200], [-30, -30, 600, 500]]
+    persons = estimator.estimate(image, boxes, flip=flip)
+
+    prepared = estimator.prepare(image, boxes)
+    with torch.no_grad():
+        heatmaps = random_model_a(torch.from_numpy(prepared.tensor)).numpy()
+        if flip:
+            mirrored = random_model_a(torch.from_numpy(np.ascontiguousarray(prepared.tensor[..., ::-1]))).numpy()
+            heatmaps = merge_flip(heatmaps, mirrored, FLIP_PAIRS, 192)
+    expected = estimator.decode(heatmaps, prepared.matrices)
+
+    actual = np.stack([p.keypoints for p in persons])
+    assert actual.shape == (3, 17, 3)
+    # DARK's log-Taylor step magnifies the ~1e-6 ORT/torch heatmap differences; the third box spans ~13 px per
+    # heatmap pixel, so agreement to 0.05 image px is agreement to ~0.004 heatmap px
+    np.testing.assert_allclose(actual[..., :2], expected[..., :2], atol=5e-2)
+    np.testing.assert_allclose(actual[..., 2], expected[..., 2], atol=1e-4)
+    np.testing.assert_allclose([p.box for p in persons], boxes)
+
+
+def test_keypoints_land_inside_the_padded_box(random_onnx_a) -> None:
+    persons = PoseEstimator(random_onnx_a).estimate(_photo(), [[100, 40, 300, 340]])
+    x, y = persons[0].keypoints[:, 0], persons[0].keypoints[:, 1]
+    # the crop covers the box enlarged to 3:4 and by 1.25
+    assert (x > 100 - 100).all() and (x < 300 + 100).all() and (y > 40 - 40).all() and (y < 340 + 40).all()
+
+
+def test_no_boxes_and_bad_boxes(random_onnx_a) -> None:
+    estimator = PoseEstimator(random_onnx_a)
+    assert estimator.estimate(_photo(), []) == []
+    for bad in ([[10, 10, 5, 50]], [[np.nan, 0, 10, 10]], [[0, 0, np.inf, 10]]):
+        with pytest.raises(ValueError):
+            estimator.estimate(_photo(), bad)
+
+
+def test_person_score_uses_confident_keypoints_only() -> None:
+    scores = np.array([0.9, 0.7, 0.1, 0.0])
+    assert person_score(scores, 0.5) == pytest.approx(0.5 * 0.8)
+    assert person_score(np.zeros(4), 1.0) == 0.0
+
+
+def test_providers() -> None:
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ValueError):
+        resolve_providers("tpu")
+    with pytest.raises(ValueError):
+        resolve_providers(["NoSuchExecutionProvider"])
+
+
+def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        PoseEstimator(tmp_path / "missing.onnx")
+
+
+def test_inference_path_imports_no_torch() -> None:
+    code = (
+        "import sys, effpose.runtime, effpose.processing, effpose.draw, effpose.keypoints, effpose.genotype, "
+        "effpose.assets, effpose.cli; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
