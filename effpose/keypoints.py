@@ -40,3 +40,11 @@ OKS_SIGMAS = np.array(
     [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89], dtype=np.float64
 ) / 10.0
 
+
+
+def flip_order(flip_pairs: tuple[tuple[int, int], ...] = FLIP_PAIRS, num_keypoints: int = NUM_KEYPOINTS) -> list[int]:
+    """Index order that swaps every (left, right) pair: ``keypoints[flip_order()]`` relabels a mirrored person."""
+    order = list(range(num_keypoints))
+    for left, right in flip_pairs:
+        order[left], order[right] = right, left
+    return order

@@ -11,6 +11,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from effpose.keypoints import flip_order
 from effpose.processing.affine import invert_affine
 
 DecodeMethod = Literal["quarter", "dark"]
@@ -151,10 +152,7 @@ def _shift_right(heatmaps: np.ndarray, shift: float) -> np.ndarray:
 
 
 def _swap_channels(heatmaps: np.ndarray, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
-    order = list(range(heatmaps.shape[1]))
-    for left, right in flip_pairs:
-        order[left], order[right] = right, left
-    return heatmaps[:, order]
+    return heatmaps[:, flip_order(tuple(flip_pairs), heatmaps.shape[1])]
 
 
 def flip_heatmaps_back(
