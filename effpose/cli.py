@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from effpose.evaluation.cli import add_eval_parser
+
 
 def parse_input_size(text: str) -> tuple[int, int]:
     """Parse "HEIGHTxWIDTH" (the papers' order, e.g. 256x192) into (width, height)."""
@@ -115,6 +117,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a pose network from a JSON config, with command-line overrides; works under torchrun."""
+    import logging
+
+    from effpose.training.config import TrainConfig
+    from effpose.training.trainer import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {"arch": args.arch, "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size,
+                 "lr": args.lr, "workers": args.workers, "out_dir": args.out_dir, "samples_per_epoch":
+                 args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch, "pseudo_weight":
+                 args.pseudo_weight, "sic": args.sic, "seed": args.seed}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.genotype is not None:
+        config.arch = str(args.genotype)
+    run_training(config, resume=args.resume)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog="effpose", description=__doc__)
@@ -134,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--joints", type=int, default=17, help="joints of a --random-weights model")
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(func=cmd_export)
+
+    add_eval_parser(commands)
+
+    train = commands.add_parser("train", help="train a pose network (also under torchrun)")
+    train.add_argument("--config", type=Path, help="JSON training config (see configs/)")
+    train.add_argument("--arch", help="override: A, B, C, mbv2")
+    train.add_argument("--genotype", type=Path, help="override: a genotype JSON written by the search")
+    train.add_argument("--init", choices=("scratch", "lite0"), help="override: scratch or FNA-remapped ImageNet seed")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help="per process")
+    train.add_argument("--lr", type=float)
+    train.add_argument("--workers", type=int, help="data loader processes")
+    train.add_argument("--samples-per-epoch", type=int)
+    train.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    train.add_argument("--pseudo-weight", type=float, help="loss weight of pseudo-labelled keypoints")
+    train.add_argument("--sic", action=argparse.BooleanOptionalAction, default=None, help="spatial info correction")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--out-dir", help="checkpoints, config and metrics.jsonl go here")
+    train.add_argument("--resume", type=Path, help="continue from a last.pt")
+    train.set_defaults(func=cmd_train)
 
     predict = commands.add_parser("predict", help="poses in one image: JSON and a drawn image")
     predict.add_argument("image", type=Path)

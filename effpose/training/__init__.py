@@ -1,0 +1,1 @@
+"""Training job: configuration, loss and the (DistributedDataParallel-ready) training loop."""

@@ -1,0 +1,99 @@
+"""One configuration object per experiment (JSON file, overridable from the command line)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def data_root() -> Path:
+    """Where relative data paths point: $EFFPOSE_DATA, else ../shared/data beside the checkout."""
+    return Path(os.environ.get("EFFPOSE_DATA", DEFAULT_DATA_ROOT))
+
+
+@dataclass
+class DataSource:
+    """A COCO-format keypoint json and its image folder (relative paths are under the data root)."""
+
+    annotations: str
+    images: str
+    name: str
+    ratio: float = 1.0
+
+    def paths(self) -> tuple[Path, Path]:
+        """Absolute (annotations, images) paths."""
+        root = data_root()
+        return root / self.annotations, root / self.images
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on; saved next to its checkpoints."""
+
+    arch: str = "A"  # A, B, C, mbv2 or a genotype JSON written by the search
+    sic: bool = True
+    input_size: tuple[int, int] = (192, 256)  # (width, height)
+    train: list[DataSource] = field(default_factory=list)
+    val: list[DataSource] = field(default_factory=list)
+    init: Literal["scratch", "lite0"] = "scratch"  # lite0: FNA remap of EfficientNet-Lite0 ImageNet weights
+    epochs: int = 140
+    samples_per_epoch: int = 0  # 0: the summed size of the training sources
+    batch_size: int = 32  # per process
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: Literal["step", "cosine"] = "step"
+    lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs where lr is multiplied by 0.1
+    warmup_steps: int = 300
+    sigma: float = 2.0
+    augment: bool = True  # the release recipe (scale, rotation, flip, half body, colour); off for smoke tests
+    pseudo_weight: float = 0.5  # loss weight of pseudo-labelled keypoints (0 drops them)
+    select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' AP, or "<val name>/AP"
+    val_flip: bool = False
+    workers: int = 2
+    amp: bool = True  # mixed precision, only used on CUDA
+    channels_last: bool = True
+    seed: int = 0
+    max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)
+    out_dir: str = "runs/efficientpose_a"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a JSON object, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        data = dict(data)
+        for key in ("train", "val"):
+            data[key] = [DataSource(**s) for s in data.get(key, [])]
+        if "input_size" in data:
+            data["input_size"] = tuple(data["input_size"])
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a JSON config file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Fail early with a clear message on settings that cannot work."""
+        if not self.train:
+            raise ValueError("the config has no training data sources")
+        for source in self.train + self.val:
+            for path in source.paths():
+                if not path.exists():
+                    raise FileNotFoundError(f"data source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
+        if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("batch_size, epochs and lr must be positive")
+        width, height = self.input_size
+        if width % 32 or height % 32:
+            raise ValueError(f"input size {self.input_size} must be multiples of 32")

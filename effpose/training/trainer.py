@@ -1,0 +1,256 @@
+"""The training loop: single process or DistributedDataParallel under ``torchrun``, checkpoints, resume.
+
+Rank 0 validates after every epoch by exporting the weights to ONNX and evaluating them with the same
+ONNX Runtime path the service uses, keeps ``last.pt`` (for ``--resume``) and ``best.pt`` (by the configured
+validation metric), and appends one JSON line per epoch to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import ConcatDataset, DataLoader
+from tqdm import tqdm
+
+from effpose.data import AugmentConfig, MixedSampler, TopDownDataset, load_person_records
+from effpose.evaluation import evaluate
+from effpose.export import export_onnx
+from effpose.model import EfficientPose, build_model, save_checkpoint
+from effpose.model.seed import remap_lite0
+from effpose.runtime import PoseEstimator
+from effpose.training.config import TrainConfig
+from effpose.training.loss import JointsMSELoss
+
+log = logging.getLogger("effpose.train")
+
+
+@dataclass
+class Environment:
+    """Process placement: rank, world size and device (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 validates, logs and writes checkpoints."""
+        return self.rank == 0
+
+
+def setup_environment() -> Environment:
+    """Join the process group when launched by torchrun; pick CUDA when available."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Environment(rank, world_size, device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_network(config: TrainConfig) -> EfficientPose:
+    """The network of the config, from scratch or with the EfficientNet-Lite0 FNA remap."""
+    model = build_model(config.arch, sic=config.sic)
+    if config.init == "lite0":
+        report = remap_lite0(model)
+        log.info("FNA remap of EfficientNet-Lite0: %d tensors, %.0f%% of values", report.tensors_copied,
+                 100 * report.fraction)
+    return model
+
+
+def build_train_data(config: TrainConfig, env: Environment) -> tuple[ConcatDataset, MixedSampler]:
+    """All training sources, and a sampler mixing them by their ratios.
+
+    Under DDP every rank draws its own share of the epoch's samples with its own seed.
+    """
+    datasets = []
+    for source in config.train:
+        annotations, images = source.paths()
+        records = load_person_records(annotations, images, source=source.name)
+        datasets.append(TopDownDataset(records, input_size=config.input_size, sigma=config.sigma, train=True,
+                                       augment=AugmentConfig() if config.augment else AugmentConfig.none(),
+                                       pseudo_weight=config.pseudo_weight))
+    data = ConcatDataset(datasets)
+    per_rank = (config.samples_per_epoch or len(data)) // env.world_size
+    sampler = MixedSampler(data, [s.ratio for s in config.train], per_rank, seed=config.seed + 1000 * env.rank)
+    return data, sampler
+
+
+def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then step decay (x0.1 at each of ``lr_steps``) or cosine decay to 1% of the base."""
+    global_step = epoch * steps_per_epoch + step
+    warmup = min(1.0, (global_step + 1) / max(config.warmup_steps, 1))
+    if config.schedule == "cosine":
+        progress = global_step / max(config.epochs * steps_per_epoch, 1)
+        return config.lr * warmup * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr * warmup * 0.1 ** sum(epoch >= milestone for milestone in config.lr_steps)
+
+
+@torch.no_grad()
+def validate(model: EfficientPose, config: TrainConfig) -> dict[str, float]:
+    """Export the current weights to ONNX and evaluate them on every validation source (GT boxes)."""
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model.eval(), Path(tmp) / "model.onnx", config.input_size, weights="in-training")
+        estimator = PoseEstimator(path, flip=config.val_flip)
+        for source in config.val:
+            annotations, images = source.paths()
+            report = evaluate(estimator, annotations, images, boxes="gt", flip=config.val_flip)
+            metrics[f"{source.name}/AP"] = report.metrics["AP"]
+            metrics[f"{source.name}/PCK@0.2"] = report.metrics["PCK@0.2"]
+    if config.val:
+        metrics["mean_AP"] = float(np.mean([metrics[f"{s.name}/AP"] for s in config.val]))
+    return metrics
+
+
+class Trainer:
+    """Owns the model, optimiser, data and checkpoints of one run."""
+
+    def __init__(self, config: TrainConfig, env: Environment):
+        config.validate()
+        self.config, self.env = config, env
+        self.out_dir = Path(config.out_dir)
+        seed_everything(config.seed + env.rank)
+        self.model = build_network(config).to(env.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.network: nn.Module = (
+            DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+            if env.world_size > 1 else self.model
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.use_amp = config.amp and env.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.criterion = JointsMSELoss()
+        data, self.sampler = build_train_data(config, env)
+        self.loader = DataLoader(data, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+                                 num_workers=config.workers, persistent_workers=config.workers > 0,
+                                 pin_memory=env.device.type == "cuda")
+        self.start_epoch, self.best, self.history = 0, -math.inf, []
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a ``last.pt`` written by this trainer."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+        log.info("resumed from %s at epoch %d (best %.4f)", path, self.start_epoch, self.best)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the epoch's samples; returns mean loss, last lr and throughput."""
+        self.network.train()
+        self.sampler.set_epoch(epoch)
+        steps = len(self.loader)
+        if self.config.max_steps_per_epoch:
+            steps = min(steps, self.config.max_steps_per_epoch)
+        losses, samples, started = [], 0, time.perf_counter()
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not self.env.is_main, dynamic_ncols=True)
+        for step, batch in enumerate(self.loader):
+            if step >= steps:
+                break
+            lr = learning_rate(self.config, epoch, step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = self.train_step(batch)
+            losses.append(loss)
+            samples += len(batch["image"]) * self.env.world_size
+            bar.set_postfix(loss=f"{loss:.6f}", lr=f"{lr:.2e}")
+            bar.update()
+        bar.close()
+        elapsed = time.perf_counter() - started
+        return {"loss": float(np.mean(losses)), "losses": losses, "lr": lr, "samples_per_s": samples / elapsed,
+                "train_seconds": elapsed}
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
+        """Forward, weighted MSE, backward, optimiser step; returns the loss."""
+        memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        images = batch["image"].to(self.env.device, non_blocking=True).contiguous(memory_format=memory)
+        target = batch["target"].to(self.env.device, non_blocking=True)
+        weight = batch["target_weight"].to(self.env.device, non_blocking=True)
+        with torch.autocast(self.env.device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = self.network(images)
+        loss = self.criterion(output.float(), target, weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
+        """Write last.pt (everything needed to resume) and, when improved, best.pt (weights + metrics)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        state = {"state_dict": model.state_dict(), "config": model.config(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best": self.best, "history": self.history,
+                 "train_config": self.config.to_dict()}
+        torch.save(state, self.out_dir / "last.tmp")
+        os.replace(self.out_dir / "last.tmp", self.out_dir / "last.pt")
+        if improved:
+            save_checkpoint(model, self.out_dir / "best.pt", epoch=epoch, metrics=record,
+                            train_config=self.config.to_dict())
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train all remaining epochs; returns the per-epoch history."""
+        if self.env.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+        for epoch in range(self.start_epoch, self.config.epochs):
+            stats = self.train_epoch(epoch)
+            losses = stats.pop("losses")
+            if self.env.is_main:
+                started = time.perf_counter()
+                metrics = validate(self.model, self.config) if self.config.val else {}
+                record = {"epoch": epoch, **stats, **metrics, "val_seconds": time.perf_counter() - started,
+                          "first_loss": losses[0], "last_loss": losses[-1], "time": time.time()}
+                score = metrics.get(self.config.select_metric, -stats["loss"])
+                improved = score > self.best
+                self.best = max(self.best, score)
+                self.history.append(record)
+                self.save(epoch, record, improved)
+                with (self.out_dir / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                log.info("epoch %d: %s", epoch, {k: round(v, 5) if isinstance(v, float) else v
+                                                 for k, v in record.items()})
+            if self.env.world_size > 1:
+                dist.barrier()
+        return self.history
+
+
+def run_training(config: TrainConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
+    """Entry point of ``effpose train``: set up the process, train, tear down."""
+    env = setup_environment()
+    try:
+        trainer = Trainer(config, env)
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,83 @@
+"""Smoke training through the real `effpose train` command: loss goes down, checkpoints resume and export."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from effpose.training.config import TrainConfig
+from effpose.training.trainer import learning_rate
+
+EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path, data_dir: Path) -> Path:
+    """A handful of real LSPet persons at a small input without augmentation: the net can memorise them fast."""
+    full = json.loads((data_dir / "lspet" / "annotations" / "lspet_val.json").read_text())
+    annotations = full["annotations"][:8]
+    ids = {a["image_id"] for a in annotations}
+    subset = {**full, "annotations": annotations, "images": [i for i in full["images"] if i["id"] in ids]}
+    (tmp_path / "tiny.json").write_text(json.dumps(subset))
+    images = str(data_dir / "lspet" / "images")
+    source = {"name": "tiny", "annotations": str(tmp_path / "tiny.json"), "images": images}
+    config = {
+        "arch": "A", "input_size": [96, 128], "init": "scratch", "train": [source], "val": [source],
+        "epochs": 6, "samples_per_epoch": 32, "batch_size": 8, "lr": 0.001, "schedule": "step", "lr_steps": [],
+        "warmup_steps": 1, "augment": False, "workers": 0, "out_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _train(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([EFFPOSE, "train", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path: Path) -> None:
+    _train("--config", str(tiny_config))
+    run = tmp_path / "run"
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4, 5]
+    losses = [h["loss"] for h in history]
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert all(0.0 <= h["tiny/AP"] <= 1.0 and 0.0 <= h["tiny/PCK@0.2"] <= 1.0 for h in history)
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+
+    _train("--config", str(tiny_config), "--epochs", "7", "--resume", str(run / "last.pt"))
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(7))  # continued, did not restart
+
+    exported = subprocess.run([EFFPOSE, "export", "--checkpoint", str(run / "best.pt"), "--input", "128x96",
+                               "--out", str(tmp_path / "best.onnx")], capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    evaluated = subprocess.run([EFFPOSE, "eval", "--model", str(run / "best.pt"), "--annotations",
+                                str(tmp_path / "tiny.json"), "--images", str(tiny_config.parent / "x"), "--json"],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 2 and "not found" in evaluated.stderr  # a wrong image folder is a clear error
+
+
+def test_config_rejects_unknown_keys_and_missing_data(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"arch": "A", "learning_rate": 1})
+    config = TrainConfig.from_dict({"train": [{"name": "x", "annotations": str(tmp_path / "no.json"),
+                                               "images": str(tmp_path)}]})
+    with pytest.raises(FileNotFoundError, match="no.json"):
+        config.validate()
+
+
+def test_learning_rate_schedules() -> None:
+    step = TrainConfig(lr=1e-3, warmup_steps=10, lr_steps=[2, 3], schedule="step", epochs=4)
+    assert learning_rate(step, 0, 0, 100) == pytest.approx(1e-4)  # warm-up
+    assert learning_rate(step, 1, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(step, 2, 0, 100) == pytest.approx(1e-4)
+    assert learning_rate(step, 3, 50, 100) == pytest.approx(1e-5)
+    cosine = TrainConfig(lr=1e-3, warmup_steps=1, schedule="cosine", epochs=4)
+    rates = [learning_rate(cosine, e, s, 10) for e in range(4) for s in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 5e-5
