@@ -49,6 +49,16 @@ def _photo() -> np.ndarray:
     return image
 
 
+def _peak_margin(heatmaps: np.ndarray) -> np.ndarray:
+    """Per map: its maximum minus the largest value more than 2 px away from the argmax."""
+    n, j, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, j, -1)
+    peak = flat.argmax(-1)
+    ys, xs = np.divmod(np.arange(h * w), w)
+    far = (np.abs(ys[None, None] - (peak // w)[..., None]) > 2) | (np.abs(xs[None, None] - (peak % w)[..., None]) > 2)
+    return flat.max(-1) - np.where(far, flat, -np.inf).max(-1)
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, flip: bool) -> None:
     estimator = PoseEstimator(random_onnx_a, decode="dark")
@@ -64,12 +74,16 @@ def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, 
             heatmaps = merge_flip(heatmaps, mirrored, FLIP_PAIRS, 192)
     expected = estimator.decode(heatmaps, prepared.matrices)
 
+    np.testing.assert_allclose(estimator.infer(prepared.tensor, flip), heatmaps, atol=1e-4)
     actual = np.stack([p.keypoints for p in persons])
     assert actual.shape == (3, 17, 3)
-    # DARK's log-Taylor step magnifies the ~1e-6 ORT/torch heatmap differences; the third box spans ~13 px per
-    # heatmap pixel, so agreement to 0.05 image px is agreement to ~0.004 heatmap px
-    np.testing.assert_allclose(actual[..., :2], expected[..., :2], atol=5e-2)
     np.testing.assert_allclose(actual[..., 2], expected[..., 2], atol=1e-4)
+    # Random weights can give two near-equal peaks, where a 1e-6 difference may pick either: compare locations where
+    # the peak beats everything more than 2 px away by 1e-3. DARK's log-Taylor step magnifies the ~1e-6 heatmap
+    # differences; the third box spans ~13 image px per heatmap pixel, so 0.05 image px is ~0.004 heatmap px.
+    unambiguous = _peak_margin(heatmaps) > 1e-3
+    assert unambiguous.mean() > 0.3  # still dozens of joints compared
+    np.testing.assert_allclose(actual[..., :2][unambiguous], expected[..., :2][unambiguous], atol=5e-2)
     np.testing.assert_allclose([p.box for p in persons], boxes)
 
 
