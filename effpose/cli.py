@@ -129,7 +129,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {"arch": args.arch, "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "workers": args.workers, "out_dir": args.out_dir, "samples_per_epoch":
                  args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch, "pseudo_weight":
-                 args.pseudo_weight, "sic": args.sic, "seed": args.seed}
+                 args.pseudo_weight, "sic": args.sic, "seed": args.seed, "input_size": args.input,
+                 "init_checkpoint": args.init_checkpoint, "precise_bn_batches": args.precise_bn_batches}
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arch", help="override: A, B, C, mbv2")
     train.add_argument("--genotype", type=Path, help="override: a genotype JSON written by the search")
     train.add_argument("--init", choices=("scratch", "lite0"), help="override: scratch or FNA-remapped ImageNet seed")
+    train.add_argument("--init-checkpoint", help="override: start from these weights (e.g. a lower-resolution run)")
+    train.add_argument("--input", type=parse_input_size, help="override: HEIGHTxWIDTH crop size")
+    train.add_argument("--precise-bn-batches", type=int, help="override: BN re-estimation batches before validation")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="per process")
     train.add_argument("--lr", type=float)

@@ -81,3 +81,25 @@ def test_learning_rate_schedules() -> None:
     cosine = TrainConfig(lr=1e-3, warmup_steps=1, schedule="cosine", epochs=4)
     rates = [learning_rate(cosine, e, s, 10) for e in range(4) for s in range(10)]
     assert rates[0] == pytest.approx(1e-3) and all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 5e-5
+
+
+def test_precise_bn_averages_statistics_over_the_given_batches() -> None:
+    import torch
+    from torch import nn
+
+    from effpose.training.trainer import precise_bn
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.BatchNorm2d(3, momentum=0.1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(x)
+
+    model = Tiny()
+    batches = [{"image": torch.randn(4, 3, 5, 5) * (i + 1) + i} for i in range(3)]
+    precise_bn(model, batches + [{"image": torch.full((4, 3, 5, 5), 1e6)}], batches=3, device=torch.device("cpu"))
+    expected_mean = torch.stack([b["image"].mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    assert torch.allclose(model.norm.running_mean, expected_mean, atol=1e-5)  # the 4th batch was not used
+    assert model.norm.momentum == 0.1  # restored

@@ -41,6 +41,7 @@ class TrainConfig:
     train: list[DataSource] = field(default_factory=list)
     val: list[DataSource] = field(default_factory=list)
     init: Literal["scratch", "lite0"] = "scratch"  # lite0: FNA remap of EfficientNet-Lite0 ImageNet weights
+    init_checkpoint: str = ""  # start from these weights instead (fine-tuning, progressive resizing)
     epochs: int = 140
     samples_per_epoch: int = 0  # 0: the summed size of the training sources
     batch_size: int = 32  # per process
@@ -52,6 +53,7 @@ class TrainConfig:
     sigma: float = 2.0
     augment: bool = True  # the release recipe (scale, rotation, flip, half body, colour); off for smoke tests
     pseudo_weight: float = 0.5  # loss weight of pseudo-labelled keypoints (0 drops them)
+    precise_bn_batches: int = 0  # before validating, re-estimate BN statistics on this many un-augmented batches
     select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' AP, or "<val name>/AP"
     val_flip: bool = False
     workers: int = 2

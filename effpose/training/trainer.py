@@ -77,14 +77,18 @@ def seed_everything(seed: int) -> None:
 def build_network(config: TrainConfig) -> EfficientPose:
     """The network of the config, from scratch or with the EfficientNet-Lite0 FNA remap."""
     model = build_model(config.arch, sic=config.sic)
-    if config.init == "lite0":
+    if config.init_checkpoint:
+        state = torch.load(config.init_checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        log.info("initialised from %s", config.init_checkpoint)
+    elif config.init == "lite0":
         report = remap_lite0(model)
         log.info("FNA remap of EfficientNet-Lite0: %d tensors, %.0f%% of values", report.tensors_copied,
                  100 * report.fraction)
     return model
 
 
-def build_train_data(config: TrainConfig, env: Environment) -> tuple[ConcatDataset, MixedSampler]:
+def build_train_data(config: TrainConfig, env: Environment, augment: bool = True) -> tuple[ConcatDataset, MixedSampler]:
     """All training sources, and a sampler mixing them by their ratios.
 
     Under DDP every rank draws its own share of the epoch's samples with its own seed.
@@ -94,7 +98,7 @@ def build_train_data(config: TrainConfig, env: Environment) -> tuple[ConcatDatas
         annotations, images = source.paths()
         records = load_person_records(annotations, images, source=source.name)
         datasets.append(TopDownDataset(records, input_size=config.input_size, sigma=config.sigma, train=True,
-                                       augment=AugmentConfig() if config.augment else AugmentConfig.none(),
+                                       augment=AugmentConfig() if augment else AugmentConfig.none(),
                                        pseudo_weight=config.pseudo_weight))
     data = ConcatDataset(datasets)
     per_rank = (config.samples_per_epoch or len(data)) // env.world_size
@@ -110,6 +114,27 @@ def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: i
         progress = global_step / max(config.epochs * steps_per_epoch, 1)
         return config.lr * warmup * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
     return config.lr * warmup * 0.1 ** sum(epoch >= milestone for milestone in config.lr_steps)
+
+
+@torch.no_grad()
+def precise_bn(model: EfficientPose, loader: DataLoader, batches: int, device: torch.device) -> None:
+    """Re-estimate every BatchNorm's statistics as a plain average over un-augmented training batches.
+
+    Training-time running averages follow augmented crops (rotated, rescaled, black borders); the service feeds
+    plain crops, so statistics taken on those match what the shipped model sees (precise BN, as in pycls).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    for index, batch in enumerate(loader):
+        if index >= batches:
+            break
+        model(batch["image"].to(device))
+    for norm, momentum in zip(norms, saved):
+        norm.momentum = momentum
 
 
 @torch.no_grad()
@@ -148,10 +173,15 @@ class Trainer:
         self.use_amp = config.amp and env.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.criterion = JointsMSELoss()
-        data, self.sampler = build_train_data(config, env)
+        data, self.sampler = build_train_data(config, env, augment=config.augment)
         self.loader = DataLoader(data, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=config.workers, persistent_workers=config.workers > 0,
                                  pin_memory=env.device.type == "cuda")
+        self.plain_loader: DataLoader | None = None
+        if config.precise_bn_batches:
+            plain, plain_sampler = build_train_data(config, env, augment=False)
+            self.plain_loader = DataLoader(plain, batch_size=config.batch_size, sampler=plain_sampler,
+                                           num_workers=min(config.workers, 1))
         self.start_epoch, self.best, self.history = 0, -math.inf, []
 
     def resume(self, path: str | Path) -> None:
@@ -226,6 +256,8 @@ class Trainer:
             losses = stats.pop("losses")
             if self.env.is_main:
                 started = time.perf_counter()
+                if self.plain_loader is not None:
+                    precise_bn(self.model, self.plain_loader, self.config.precise_bn_batches, self.env.device)
                 metrics = validate(self.model, self.config) if self.config.val else {}
                 record = {"epoch": epoch, **stats, **metrics, "val_seconds": time.perf_counter() - started,
                           "first_loss": losses[0], "last_loss": losses[-1], "time": time.time()}
