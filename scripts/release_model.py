@@ -1,0 +1,114 @@
+"""Ship a training run's best checkpoint: export it into the package and write its model card.
+
+    python scripts/release_model.py --run runs/efficientpose_a_coco17 [--name efficientpose_a_coco17]
+                                    [--earlier-runs RUN ...]   # stages the run was initialised from, in order
+
+Exports ``best.pt`` to ``effpose/assets/NAME.onnx`` (parity-checked against torch), evaluates that ONNX file on every
+validation set of the run's config with GT boxes, with and without flip test, through the same code as
+``effpose eval``, and writes ``effpose/assets/NAME.json``: data, recipe, epochs, wall time, hardware, params, MACs
+and the measured results. Re-running ``effpose eval`` on the shipped file reproduces the card's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from effpose import __version__
+from effpose.assets import ASSETS_DIR
+from effpose.evaluation import evaluate, load_estimator
+from effpose.export import check_parity, export_onnx
+from effpose.model import load_checkpoint, measure_complexity
+from effpose.training.config import TrainConfig
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def evaluate_shipped(onnx_path: Path, config: TrainConfig) -> dict[str, dict[str, float]]:
+    """AP / AP50 / AP75 / AR / PCK@0.2 on every val set, GT boxes, without and with flip test."""
+    results: dict[str, dict[str, float]] = {}
+    for flip in (False, True):
+        estimator = load_estimator(onnx_path, flip=flip)
+        for source in config.val:
+            annotations, images = source.paths()
+            metrics = evaluate(estimator, annotations, images, boxes="gt", flip=flip).metrics
+            key = f"{source.name}{'_flip' if flip else ''}"
+            results[key] = {name: round(float(metrics[name]), 4) for name in ("AP", "AP50", "AP75", "AR", "PCK@0.2")}
+            results[key]["annotations"] = source.annotations
+    return results
+
+
+def stage_summary(run: Path) -> dict:
+    """Input size, epochs, samples and hours of one training run (one stage of a staged recipe)."""
+    config = json.loads((run / "config.json").read_text())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "run": run.name,
+        "input": config["input_size"],
+        "init": config["init_checkpoint"] or config["init"],
+        "epochs_run": len(history),
+        "samples_seen": config["samples_per_epoch"] * len(history),
+        "lr": config["lr"],
+        "train_hours": round(sum(h["train_seconds"] + h["val_seconds"] for h in history) / 3600, 2),
+    }
+
+
+def main() -> None:
+    """Export, evaluate and write the card."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="training run folder (best.pt, config.json, metrics)")
+    parser.add_argument("--name", default="efficientpose_a_coco17")
+    parser.add_argument("--earlier-runs", type=Path, nargs="*", default=[], help="earlier stages, in order")
+    args = parser.parse_args()
+
+    config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
+    stages = [stage_summary(run) for run in [*args.earlier_runs, args.run]]
+    model, extra = load_checkpoint(args.run / "best.pt")
+    onnx_path = export_onnx(model, ASSETS_DIR / f"{args.name}.onnx", config.input_size, weights="trained")
+    parity = check_parity(model, onnx_path, config.input_size)
+    stats = measure_complexity(model, config.input_size)
+    card = {
+        "name": args.name,
+        "model": model.genotype.name,
+        "effpose_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"width": config.input_size[0], "height": config.input_size[1]},
+        "keypoints": "COCO-17",
+        "params": stats.params,
+        "macs": stats.macs,
+        "training": {
+            "data": [{"name": s.name, "annotations": s.annotations, "ratio": s.ratio} for s in config.train],
+            "init": config.init,
+            "recipe": {key: config.to_dict()[key] for key in (
+                "epochs", "samples_per_epoch", "batch_size", "lr", "weight_decay", "schedule", "warmup_steps", "sigma",
+                "augment", "pseudo_weight", "sic", "channels_last")},
+            "best_epoch_of_last_stage": extra["epoch"],
+            "stages": stages,
+            "epochs_run": sum(s["epochs_run"] for s in stages),
+            "samples_seen": sum(s["samples_seen"] for s in stages),
+            "train_hours": round(sum(s["train_hours"] for s in stages), 2),
+            "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, CPU only (torch {torch.__version__})",
+        },
+        "export": {"onnx": onnx_path.name, "parity_max_abs_diff": parity, "onnxruntime": onnxruntime.__version__},
+        "validation_gt_boxes": evaluate_shipped(onnx_path, config),
+        "reproduce": f"effpose eval --model effpose/assets/{onnx_path.name} --annotations "
+                     "$EFFPOSE_DATA/<annotations> --images $EFFPOSE_DATA/<images> [--flip] --json",
+    }
+    (ASSETS_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(card["validation_gt_boxes"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The pose model that ships in the package: trained weights, a model card, and numbers that reproduce."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from effpose.assets import DEFAULT_POSE_MODEL, default_pose_model
+from effpose.runtime import PoseEstimator
+
+CARD = DEFAULT_POSE_MODEL.with_suffix(".json")
+EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
+
+
+def test_shipped_model_is_trained_and_described() -> None:
+    estimator = PoseEstimator(default_pose_model())
+    assert estimator.info.weights == "trained"
+    assert estimator.info.input_size == (192, 256) and estimator.info.num_joints == 17
+    card = json.loads(CARD.read_text())
+    assert card["export"]["onnx"] == DEFAULT_POSE_MODEL.name
+    assert card["model"] == estimator.info.name
+    for key in ("data", "recipe", "epochs_run", "train_hours", "hardware"):
+        assert key in card["training"]
+    assert {"coco_val", "coco_val_flip", "lspet_val", "lspet_val_flip"} <= set(card["validation_gt_boxes"])
+
+
+def test_eval_reproduces_the_card(data_dir: Path) -> None:
+    expected = json.loads(CARD.read_text())["validation_gt_boxes"]["coco_val"]
+    result = subprocess.run(
+        [EFFPOSE, "eval", "--model", str(DEFAULT_POSE_MODEL), "--annotations", str(data_dir / expected["annotations"]),
+         "--images", str(data_dir / "coco" / "images"), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    for key in ("AP", "AP50", "AP75", "AR", "PCK@0.2"):
+        assert measured[key] == pytest.approx(expected[key], abs=1e-3), key
