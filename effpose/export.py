@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -45,7 +44,6 @@ def export_onnx(
     input_size: tuple[int, int] = (192, 256),
     weights: str = "trained",
     version: str = __version__,
-    extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Export ``model`` for crops of ``input_size`` (width, height) with a dynamic batch axis.
 
@@ -67,9 +65,7 @@ def export_onnx(
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     proto = onnx.load(str(path))
-    metadata = model_metadata(model, input_size, weights, version)
-    metadata.update({f"effpose.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (extra_metadata or {}).items()})
-    for key, value in metadata.items():
+    for key, value in model_metadata(model, input_size, weights, version).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "effpose"

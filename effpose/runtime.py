@@ -10,15 +10,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 import onnxruntime as ort
 
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 from effpose.processing import crop_person, crop_to_tensor, decode_heatmaps, heatmap_to_image, merge_flip
-
-DecodeMethod = Literal["quarter", "dark"]
+from effpose.processing.heatmap import DecodeMethod
 PERSON_SCORE_KEYPOINT_THRESHOLD = 0.2
 
 
@@ -167,7 +164,7 @@ class PoseEstimator:
         if not flip:
             return self.session.run(None, {self.input_name: tensor})[0]
         both = np.concatenate([tensor, tensor[..., ::-1]], axis=0)
-        heatmaps = self.session.run(None, {self.input_name: np.ascontiguousarray(both)})[0]
+        heatmaps = self.session.run(None, {self.input_name: both})[0]
         count = len(tensor)
         return merge_flip(heatmaps[:count], heatmaps[count:], FLIP_PAIRS, self.info.input_size[0])
 

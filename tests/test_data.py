@@ -13,14 +13,8 @@ import pytest
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
-from effpose.data import (
-    AugmentConfig,
-    MixedSampler,
-    PersonRecord,
-    TopDownDataset,
-    gaussian_heatmaps,
-    load_person_records,
-)
+from effpose.data import PersonRecord, load_person_records
+from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset, gaussian_heatmaps
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from effpose.processing import (
     INPUT_MEAN,

@@ -1,27 +1,7 @@
-"""Training data: COCO-format person records, top-down samples with heatmap targets, mixed sampling.
-
-Needs torch (the ``train`` extra); the inference path (``effpose.processing``) does not import it.
+"""Training data. ``effpose.data.coco`` reads COCO-format person keypoints without torch (evaluation uses it too);
+``effpose.data.dataset`` builds top-down training samples and needs torch (the ``train`` extra).
 """
 
-from effpose.data.coco import PersonRecord, load_person_records
-from effpose.data.dataset import (
-    AugmentConfig,
-    CropParams,
-    MixedSampler,
-    TopDownDataset,
-    gaussian_heatmaps,
-    jitter_colour,
-    read_image,
-)
+from effpose.data.coco import PersonRecord, is_scored_person, load_person_records, read_coco_json, xywh_to_xyxy
 
-__all__ = [
-    "AugmentConfig",
-    "CropParams",
-    "MixedSampler",
-    "PersonRecord",
-    "TopDownDataset",
-    "gaussian_heatmaps",
-    "jitter_colour",
-    "load_person_records",
-    "read_image",
-]
+__all__ = ["PersonRecord", "is_scored_person", "load_person_records", "read_coco_json", "xywh_to_xyxy"]

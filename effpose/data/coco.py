@@ -39,7 +39,9 @@ class PersonRecord:
     source: str
 
 
-def _read_json(annotation_json: Path) -> dict[str, Any]:
+def read_coco_json(annotation_json: str | Path) -> dict[str, Any]:
+    """Read a COCO-layout annotation file; FileNotFoundError / ValueError name the file."""
+    annotation_json = Path(annotation_json)
     if not annotation_json.is_file():
         raise FileNotFoundError(f"annotation file not found: {annotation_json}")
     try:
@@ -71,15 +73,20 @@ def _pseudo(annotation: Mapping[str, Any], where: str) -> np.ndarray:
     return flags
 
 
-def _box_xyxy(annotation: Mapping[str, Any], where: str) -> tuple[float, float, float, float] | None:
-    """The [x, y, w, h] bbox as (x1, y1, x2, y2), or None when it is empty or not finite."""
-    box = np.asarray(annotation.get("bbox", []), dtype=np.float64)
+def xywh_to_xyxy(bbox: Any, where: str = "bbox") -> tuple[float, float, float, float] | None:
+    """A COCO [x, y, w, h] box as (x1, y1, x2, y2), or None when it is empty or not finite (croppers reject those)."""
+    box = np.asarray(bbox if bbox is not None else [], dtype=np.float64)
     if box.shape != (4,):
-        raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], got {annotation.get('bbox')!r}")
+        raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], got {bbox!r}")
     x, y, w, h = box
     if not np.all(np.isfinite(box)) or w <= 0 or h <= 0:
         return None
     return (float(x), float(y), float(x + w), float(y + h))
+
+
+def is_scored_person(annotation: Mapping[str, Any]) -> bool:
+    """A person COCOeval scores: not crowd, at least one labelled keypoint (v > 0)."""
+    return not annotation.get("iscrowd", 0) and any(v > 0 for v in annotation.get("keypoints", [])[2::3])
 
 
 def load_person_records(
@@ -97,7 +104,7 @@ def load_person_records(
     annotation_json, image_root = Path(annotation_json), Path(image_root)
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_root}")
-    data = _read_json(annotation_json)
+    data = read_coco_json(annotation_json)
     source = annotation_json.stem if source is None else source
     try:
         file_names = {image["id"]: image["file_name"] for image in data["images"]}
@@ -106,11 +113,11 @@ def load_person_records(
     records = []
     for annotation in data["annotations"]:
         where = f"{annotation_json}, annotation {annotation.get('id')!r}"
-        if annotation.get("iscrowd", 0):
+        if not is_scored_person(annotation):
             continue
         keypoints = _keypoints(annotation, where)
-        box = _box_xyxy(annotation, where)
-        if box is None or not np.any(keypoints[:, 2] > 0):
+        box = xywh_to_xyxy(annotation.get("bbox"), where)
+        if box is None:
             continue
         if annotation.get("image_id") not in file_names:
             raise ValueError(f"{where}: image_id {annotation.get('image_id')!r} is not in 'images'")

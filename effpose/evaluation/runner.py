@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
+from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
 from effpose.evaluation.coco_eval import METRIC_NAMES, coco_keypoint_ap
 from effpose.evaluation.pck import PCKResult, pck
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from effpose.processing.affine import DEFAULT_INPUT_SIZE
-from effpose.runtime import DecodeMethod, PoseEstimator, person_score
+from effpose.processing.heatmap import DecodeMethod
+from effpose.runtime import PoseEstimator, person_score
 
 PCK_THRESHOLD = 0.2
 PCK_KEY = f"PCK@{PCK_THRESHOLD:g}"
@@ -106,15 +108,24 @@ def load_estimator(
     if model_path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         suffixes = ", ".join(CHECKPOINT_SUFFIXES)
         raise ValueError(f"model must be an .onnx file or a checkpoint ({suffixes}): {model_path}")
-    from effpose.export import export_onnx
     from effpose.model import load_checkpoint
 
     model, extra = load_checkpoint(model_path)
     if input_size is None:
         input_size = tuple((extra.get("train_config") or {}).get("input_size", DEFAULT_INPUT_SIZE))
+    return estimator_for_model(model, input_size, weights="trained", **options)
+
+
+def estimator_for_model(model: Any, input_size: tuple[int, int], weights: str, **options: Any) -> PoseEstimator:
+    """A :class:`PoseEstimator` for an in-memory torch network, through a temporary ONNX export (imports torch).
+
+    ``options`` go to :class:`PoseEstimator`; the session keeps the model in memory after the file is gone.
+    """
+    from effpose.export import export_onnx
+
     with tempfile.TemporaryDirectory(prefix="effpose-eval-") as folder:
-        onnx_path = export_onnx(model, Path(folder) / f"{model_path.stem}.onnx", input_size, weights="trained")
-        return PoseEstimator(onnx_path, **options)  # the session holds the model in memory
+        onnx_path = export_onnx(model.eval(), Path(folder) / "model.onnx", input_size, weights=weights)
+        return PoseEstimator(onnx_path, **options)
 
 
 def evaluate(
@@ -142,9 +153,9 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if estimator.info.num_joints != NUM_KEYPOINTS:
         raise ValueError(f"COCO evaluation needs a {NUM_KEYPOINTS}-keypoint model, got {estimator.info.num_joints}")
-    gt = _read_json(annotation_json, "annotation file")
+    gt = read_coco_json(annotation_json)
     use_gt = str(boxes) == "gt"
-    tasks = _gt_tasks(gt) if use_gt else _detection_tasks(gt, _read_json(boxes, "detections file"), box_score_threshold)
+    tasks = _gt_tasks(gt) if use_gt else _detection_tasks(gt, _read_detections(boxes), box_score_threshold)
     keypoints = _estimate(estimator, tasks, Path(image_dir), flip, batch_size, progress)
 
     results, offset = [], 0
@@ -168,31 +179,18 @@ def evaluate(
         metrics=metrics,
         results=results,
         num_images=len(gt["images"]),
-        num_gt_persons=sum(1 for a in gt["annotations"] if _is_scored_person(a)),
+        num_gt_persons=sum(1 for a in gt["annotations"] if is_scored_person(a)),
         num_boxes=len(results),
         boxes="gt" if use_gt else str(boxes),
         pck_result=pck_result,
     )
 
 
-def _read_json(path: str | Path, what: str) -> Any:
+def _read_detections(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise FileNotFoundError(f"detections file not found: {path}")
     return json.loads(path.read_text())
-
-
-def _is_scored_person(annotation: dict[str, Any]) -> bool:
-    """A GT person COCOeval scores before pseudo-label removal: not crowd, at least one labelled keypoint."""
-    return not annotation.get("iscrowd", 0) and any(v > 0 for v in annotation["keypoints"][2::3])
-
-
-def _xywh_to_xyxy(bbox: list[float]) -> list[float] | None:
-    """Box corners, or None for a box the cropper would reject (non-finite or empty)."""
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
-        return None
-    return [x, y, x + w, y + h]
 
 
 def _make_task(image: dict[str, Any], boxes: list[list[float]], scores: list[float],
@@ -204,8 +202,8 @@ def _make_task(image: dict[str, Any], boxes: list[list[float]], scores: list[flo
 def _gt_tasks(gt: dict[str, Any]) -> list[_ImageTask]:
     persons: dict[int, list[tuple[list[float], dict[str, Any]]]] = defaultdict(list)
     for annotation in gt["annotations"]:
-        box = _xywh_to_xyxy(annotation["bbox"])
-        if _is_scored_person(annotation) and box is not None:
+        box = xywh_to_xyxy(annotation["bbox"])
+        if is_scored_person(annotation) and box is not None:
             persons[annotation["image_id"]].append((box, annotation))
     return [
         _make_task(image, [b for b, _ in persons[image["id"]]], [1.0] * len(persons[image["id"]]),
@@ -219,7 +217,7 @@ def _detection_tasks(gt: dict[str, Any], detections: Any, score_threshold: float
         raise ValueError("detections must be a JSON list of {image_id, bbox, score, category_id}")
     boxes: dict[int, list[tuple[list[float], float]]] = defaultdict(list)
     for detection in detections:
-        box = _xywh_to_xyxy(detection["bbox"])
+        box = xywh_to_xyxy(detection["bbox"])
         if detection.get("category_id", 1) == 1 and detection["score"] >= score_threshold and box is not None:
             boxes[detection["image_id"]].append((box, float(detection["score"])))
     return [

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from effpose.data import AugmentConfig, MixedSampler, TopDownDataset, load_person_records
+from effpose.data import load_person_records
+from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset
 from effpose.evaluation import evaluate
-from effpose.export import export_onnx
+from effpose.evaluation.runner import estimator_for_model
 from effpose.model import EfficientPose, build_model, save_checkpoint
 from effpose.model.seed import remap_lite0
-from effpose.runtime import PoseEstimator
 from effpose.training.config import TrainConfig
 from effpose.training.loss import JointsMSELoss
 
@@ -141,14 +140,12 @@ def precise_bn(model: EfficientPose, loader: DataLoader, batches: int, device: t
 def validate(model: EfficientPose, config: TrainConfig) -> dict[str, float]:
     """Export the current weights to ONNX and evaluate them on every validation source (GT boxes)."""
     metrics: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model.eval(), Path(tmp) / "model.onnx", config.input_size, weights="in-training")
-        estimator = PoseEstimator(path, flip=config.val_flip)
-        for source in config.val:
-            annotations, images = source.paths()
-            report = evaluate(estimator, annotations, images, boxes="gt", flip=config.val_flip)
-            metrics[f"{source.name}/AP"] = report.metrics["AP"]
-            metrics[f"{source.name}/PCK@0.2"] = report.metrics["PCK@0.2"]
+    estimator = estimator_for_model(model, config.input_size, weights="in-training", flip=config.val_flip)
+    for source in config.val:
+        annotations, images = source.paths()
+        report = evaluate(estimator, annotations, images, boxes="gt")
+        metrics[f"{source.name}/AP"] = report.metrics["AP"]
+        metrics[f"{source.name}/PCK@0.2"] = report.metrics["PCK@0.2"]
     if config.val:
         metrics["mean_AP"] = float(np.mean([metrics[f"{s.name}/AP"] for s in config.val]))
     return metrics
@@ -236,14 +233,13 @@ class Trainer:
     def save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
         """Write last.pt (everything needed to resume) and, when improved, best.pt (weights + metrics)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        model = self.model
-        state = {"state_dict": model.state_dict(), "config": model.config(), "optimizer": self.optimizer.state_dict(),
+        state = {"state_dict": self.model.state_dict(), "config": self.model.config(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "epoch": epoch, "best": self.best, "history": self.history,
                  "train_config": self.config.to_dict()}
         torch.save(state, self.out_dir / "last.tmp")
         os.replace(self.out_dir / "last.tmp", self.out_dir / "last.pt")
         if improved:
-            save_checkpoint(model, self.out_dir / "best.pt", epoch=epoch, metrics=record,
+            save_checkpoint(self.model, self.out_dir / "best.pt", epoch=epoch, metrics=record,
                             train_config=self.config.to_dict())
 
     def fit(self) -> list[dict[str, Any]]:
