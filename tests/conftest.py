@@ -31,21 +31,27 @@ def coco_val_person(data_dir: Path) -> tuple[Path, list[float]]:
 
 
 def randomize(model):  # noqa: ANN001, ANN201 - torch types stay out of this module's import
-    """Give a freshly built model random BN statistics and O(1) outputs, so parity checks compare real signal."""
+    """Give a freshly built model random BN affine parameters and O(1), input-dependent outputs.
+
+    BN statistics are then measured on random inputs (precise BN): statistics that do not match the activations
+    would normalise the signal away and leave an output that ignores the image, which parity checks cannot test.
+    """
     import torch
     from torch import nn
+
+    from effpose.training.trainer import precise_bn
 
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
                 module.weight.uniform_(0.5, 1.5, generator=generator)
                 module.bias.uniform_(-0.1, 0.1, generator=generator)
             elif isinstance(module, nn.ConvTranspose2d):
                 module.weight.normal_(0.0, 0.05, generator=generator)
         model.predictor.weight.normal_(0.0, 0.2, generator=generator)
+    batches = [{"image": torch.randn(4, 3, 256, 192, generator=generator)} for _ in range(2)]
+    precise_bn(model, batches, len(batches), torch.device("cpu"))
     return model.eval()
 
 

@@ -19,8 +19,10 @@ from effpose.runtime import PoseEstimator, person_score, resolve_providers
 def test_export_parity_and_dynamic_batch(random_model_a, random_onnx_a) -> None:
     diff = check_parity(random_model_a, random_onnx_a, batch_sizes=(1, 3, 8))
     assert diff < 1e-4
-    with torch.no_grad():
-        assert random_model_a(torch.randn(1, 3, 256, 192)).abs().max() > 0.05  # parity compares real signal
+    x = torch.randn(1, 3, 256, 192)
+    with torch.no_grad():  # parity compares real signal: outputs are O(1) and depend on the input
+        assert random_model_a(x).abs().max() > 0.05
+        assert (random_model_a(x) - random_model_a(x.flip(-1))).abs().mean() > 1e-2
 
 
 def test_parity_check_catches_a_different_model(randomized, random_onnx_a) -> None:
@@ -61,7 +63,9 @@ def _peak_margin(heatmaps: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, flip: bool) -> None:
-    estimator = PoseEstimator(random_onnx_a, decode="dark")
+    # quarter decoding is exact given the heatmaps; DARK's accuracy is tested in test_processing, and its Newton step
+    # is ill-conditioned on random nets' flat peaks, where 1e-5 heatmap noise can move a point by 0.1 heatmap px
+    estimator = PoseEstimator(random_onnx_a, decode="quarter")
     image = _photo()
     boxes = [[100, 40, 300, 340], [10.5, 20.25, 90, 200], [-30, -30, 600, 500]]
     persons = estimator.estimate(image, boxes, flip=flip)
@@ -74,16 +78,15 @@ def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, 
             heatmaps = merge_flip(heatmaps, mirrored, FLIP_PAIRS, 192)
     expected = estimator.decode(heatmaps, prepared.matrices)
 
-    np.testing.assert_allclose(estimator.infer(prepared.tensor, flip), heatmaps, atol=1e-4)
+    np.testing.assert_allclose(estimator.infer(prepared.tensor, flip), heatmaps, rtol=1e-5, atol=1e-4)
     actual = np.stack([p.keypoints for p in persons])
     assert actual.shape == (3, 17, 3)
     np.testing.assert_allclose(actual[..., 2], expected[..., 2], atol=1e-4)
-    # Random weights can give two near-equal peaks, where a 1e-6 difference may pick either: compare locations where
-    # the peak beats everything more than 2 px away by 1e-3. DARK's log-Taylor step magnifies the ~1e-6 heatmap
-    # differences; the third box spans ~13 image px per heatmap pixel, so 0.05 image px is ~0.004 heatmap px.
+    # Random weights can give two near-equal peaks, where a 1e-5 difference may pick either: compare locations where
+    # the peak beats everything more than 2 px away by 1e-3
     unambiguous = _peak_margin(heatmaps) > 1e-3
     assert unambiguous.mean() > 0.3  # still dozens of joints compared
-    np.testing.assert_allclose(actual[..., :2][unambiguous], expected[..., :2][unambiguous], atol=5e-2)
+    np.testing.assert_allclose(actual[..., :2][unambiguous], expected[..., :2][unambiguous], atol=1e-6)
     np.testing.assert_allclose([p.box for p in persons], boxes)
 
 
@@ -125,7 +128,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
 def test_inference_path_imports_no_torch() -> None:
     code = (
         "import sys, effpose.runtime, effpose.processing, effpose.draw, effpose.keypoints, effpose.genotype, "
-        "effpose.assets, effpose.cli; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+        "effpose.assets, effpose.cli, effpose.data, effpose.evaluation.runner; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
         "assert not bad, bad"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
