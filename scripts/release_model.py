@@ -61,6 +61,7 @@ def stage_summary(run: Path) -> dict:
         "epochs_run": len(history),
         "samples_seen": config["samples_per_epoch"] * len(history),
         "lr": config["lr"],
+        "precise_bn_batches": config.get("precise_bn_batches", 0),
         "train_hours": round(sum(h["train_seconds"] + h["val_seconds"] for h in history) / 3600, 2),
     }
 
@@ -90,10 +91,10 @@ def main() -> None:
         "macs": stats.macs,
         "training": {
             "data": [{"name": s.name, "annotations": s.annotations, "ratio": s.ratio} for s in config.train],
-            "init": config.init,
-            "recipe": {key: config.to_dict()[key] for key in (
-                "epochs", "samples_per_epoch", "batch_size", "lr", "weight_decay", "schedule", "warmup_steps", "sigma",
-                "augment", "pseudo_weight", "sic", "channels_last")},
+            "init": stages[0]["init"],
+            "recipe": {key: config.to_dict()[key] for key in (  # shared by every stage; the rest is per stage
+                "samples_per_epoch", "batch_size", "weight_decay", "schedule", "warmup_steps", "sigma", "augment",
+                "pseudo_weight", "sic", "channels_last")},
             "best_epoch_of_last_stage": extra["epoch"],
             "stages": stages,
             "epochs_run": sum(s["epochs_run"] for s in stages),
