@@ -1,0 +1,103 @@
+"""Person detection with a YOLOX or YOLOv8 detector exported to ONNX, on ONNX Runtime (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from effpose.detectors.base import Detection, image_size, to_detections
+from effpose.detectors.letterbox import Letterbox, letterbox
+from effpose.detectors.nms import nms
+from effpose.detectors.yolo_decode import (
+    Layout,
+    decode_yolov8,
+    decode_yolox,
+    guess_layout,
+)
+from effpose.runtime import resolve_providers
+
+LAYOUTS: tuple[str, ...] = ("auto", "yolox", "yolov8")
+
+
+def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tuple[np.ndarray, Letterbox]:
+    """Model input (1, 3, H, W) float32 for a BGR uint8 image, and the letterbox placement.
+
+    ``yolox``: top-left letterbox, BGR, 0-255. ``yolov8``: centred letterbox, RGB, 0-1. Both pad with 114.
+    """
+    canvas, placement = letterbox(image, size, centered=layout == "yolov8")
+    if layout == "yolov8":
+        tensor = canvas[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
+    else:
+        tensor = canvas.transpose(2, 0, 1).astype(np.float32)
+    return np.ascontiguousarray(tensor[None]), placement
+
+
+class OnnxYoloDetector:
+    """Person detector running a YOLOX or YOLOv8 ONNX export; see :mod:`effpose.detectors.yolo_decode`.
+
+    ``layout="auto"`` tells the layout from the output shape. ``person_class`` is the person's class index (0 in
+    COCO). Boxes are merged by class-agnostic NMS at IoU ``nms_iou``. Thread-safe: ``detect`` keeps no state.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        layout: Literal["auto", "yolox", "yolov8"] = "auto",
+        person_class: int = 0,
+        nms_iou: float = 0.45,
+        providers: str | Sequence[str] = "cpu",
+        intra_op_threads: int | None = None,
+        decoded: bool = False,
+    ):
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"detector model not found: {path}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown detector layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+        if person_class < 0:
+            raise ValueError(f"person_class must be >= 0, got {person_class}")
+        if not 0.0 < nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
+        options = ort.SessionOptions()
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(str(path), options, providers=resolve_providers(providers))
+        self.name = path.name
+        model_input = self.session.get_inputs()[0]
+        shape = model_input.shape
+        if len(shape) != 4 or shape[1] != 3 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+            raise ValueError(f"detector input must be [1, 3, H, W] with a fixed H and W, got {shape}")
+        if model_input.type != "tensor(float)":
+            raise ValueError(f"detector input must be float32, got {model_input.type}")
+        self.input_name = model_input.name
+        self.input_size: tuple[int, int] = (shape[3], shape[2])
+        self.person_class = person_class
+        self.nms_iou = nms_iou
+        self.decoded = decoded
+        # One run on a blank input warms the session up and reveals the real output shape (exports often leave
+        # it symbolic); decoding it checks that the output fits the layout and the person class.
+        blank = np.zeros((1, 3, shape[2], shape[3]), np.float32)
+        output = self.session.run(None, {self.input_name: blank})[0]
+        self.layout: Layout = guess_layout(output.shape, self.input_size) if layout == "auto" else layout
+        if decoded and self.layout != "yolox":
+            raise ValueError("decoded=True only applies to the yolox layout")
+        self._decode(output)
+
+    def _decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.layout == "yolox":
+            return decode_yolox(output, self.input_size, self.person_class, self.decoded)
+        return decode_yolov8(output, self.person_class)
+
+    def detect(self, image: np.ndarray, score_threshold: float, max_detections: int) -> list[Detection]:
+        """People in a BGR uint8 image: boxes in image pixels, best first (see :class:`PersonDetector`)."""
+        size = image_size(image)
+        tensor, placement = preprocess(image, self.input_size, self.layout)
+        boxes, scores = self._decode(self.session.run(None, {self.input_name: tensor})[0])
+        confident = scores >= score_threshold
+        boxes, scores = boxes[confident], scores[confident]
+        keep = nms(boxes, scores, self.nms_iou)
+        return to_detections(placement.to_image(boxes[keep]), scores[keep], size, max_detections)
