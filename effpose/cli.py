@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     overrides = {"arch": args.arch, "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "lr": args.lr, "workers": args.workers, "out_dir": args.out_dir, "samples_per_epoch":
+                 "lr": args.lr, "weight_decay": args.weight_decay, "workers": args.workers, "out_dir": args.out_dir, "samples_per_epoch":
                  args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch, "pseudo_weight":
                  args.pseudo_weight, "sic": args.sic, "seed": args.seed, "input_size": args.input,
                  "init_checkpoint": args.init_checkpoint, "precise_bn_batches": args.precise_bn_batches}
@@ -137,6 +137,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.genotype is not None:
         config.arch = str(args.genotype)
     run_training(config, resume=args.resume)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve REST and gRPC; flags override the ``EFFPOSE_*`` environment, which overrides the defaults."""
+    from pydantic import ValidationError
+
+    from service.main import main as serve_main
+    from service.settings import Settings
+
+    overrides = {"host": args.host, "http_port": args.http_port, "grpc_port": args.grpc_port,
+                 "pose_model": args.pose_model, "detector": args.detector, "detector_model": args.detector_model,
+                 "threads": args.threads, "providers": args.providers}
+    try:
+        settings = Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        raise ValueError(f"invalid settings:\n{error}") from error
+    serve_main(settings)
     return 0
 
 
@@ -173,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int, help="per process")
     train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float, help="override: L2 penalty added to the Adam gradients")
     train.add_argument("--workers", type=int, help="data loader processes")
     train.add_argument("--samples-per-epoch", type=int)
     train.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
@@ -196,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--providers", default="cpu", help="cpu, cuda or auto")
     predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     predict.set_defaults(func=cmd_predict)
+
+    serve = commands.add_parser("serve", help="run the REST + gRPC service (settings: EFFPOSE_* variables)")
+    serve.add_argument("--host", help="bind address (EFFPOSE_HOST, default 0.0.0.0)")
+    serve.add_argument("--http-port", type=int, help="EFFPOSE_HTTP_PORT, default 8080")
+    serve.add_argument("--grpc-port", type=int, help="EFFPOSE_GRPC_PORT, default 50051")
+    serve.add_argument("--pose-model", type=Path, help="EFFPOSE_POSE_MODEL, default the shipped model")
+    serve.add_argument("--detector", choices=("auto", "onnx", "whole-image"), help="EFFPOSE_DETECTOR")
+    serve.add_argument("--detector-model", type=Path, help="EFFPOSE_DETECTOR_MODEL: YOLOX/YOLOv8-style ONNX")
+    serve.add_argument("--threads", type=int, help="EFFPOSE_THREADS: ONNX Runtime threads (default: CPU quota)")
+    serve.add_argument("--providers", help="EFFPOSE_PROVIDERS: cpu, cuda or auto")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

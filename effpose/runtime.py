@@ -10,12 +10,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 from effpose.processing import crop_person, crop_to_tensor, decode_heatmaps, heatmap_to_image, merge_flip
 from effpose.processing.heatmap import DecodeMethod
+
 PERSON_SCORE_KEYPOINT_THRESHOLD = 0.2
 
 
@@ -64,17 +66,34 @@ class PersonPose:
     score: float
     source: str = "client"
 
-    def to_dict(self, names: Sequence[str] = KEYPOINT_NAMES) -> dict:
-        """JSON-ready form: every keypoint is present, in model order, with its score."""
+    def to_dict(self, names: Sequence[str] = KEYPOINT_NAMES, keypoint_threshold: float | None = None) -> dict:
+        """JSON-ready form: every keypoint is present, in model order, with its score.
+
+        With ``keypoint_threshold`` each keypoint also says whether its score reaches it (``visible``).
+        """
+        keypoints = []
+        for name, (x, y, s) in zip(names, self.keypoints):
+            keypoint = {"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
+            if keypoint_threshold is not None:
+                keypoint["visible"] = bool(s >= keypoint_threshold)
+            keypoints.append(keypoint)
         return {
             "box": [round(float(v), 2) for v in self.box],
             "box_score": round(float(self.box_score), 4),
             "source": self.source,
             "score": round(float(self.score), 4),
-            "keypoints": [
-                {"name": name, "x": round(float(x), 2), "y": round(float(y), 2), "score": round(float(s), 4)}
-                for name, (x, y, s) in zip(names, self.keypoints)
-            ],
+            "keypoints": keypoints,
+        }
+
+    def to_coco(self, image_id: int) -> dict:
+        """One entry of a COCO keypoint results file (bbox as x, y, width, height)."""
+        x1, y1, x2, y2 = (float(v) for v in self.box)
+        return {
+            "image_id": image_id,
+            "category_id": 1,
+            "keypoints": [round(float(v), 3) for v in self.keypoints.reshape(-1)],
+            "score": float(self.score),
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
         }
 
 
@@ -155,18 +174,29 @@ class PoseEstimator:
         )
         return PreparedCrops(tensor, np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3), boxes)
 
-    def infer(self, tensor: np.ndarray, flip: bool | None = None) -> np.ndarray:
-        """Heatmaps (N, J, h, w) for a crop batch; with flip test, mirrored crops run in the same batch."""
-        flip = self.flip if flip is None else flip
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Raw heatmaps (N, J, h, w) of a crop batch (N may be 0): one ONNX Runtime call, nothing else."""
         if len(tensor) == 0:
             width, height = self.info.input_size
             return np.zeros((0, self.info.num_joints, height // 4, width // 4), np.float32)
-        if not flip:
-            return self.session.run(None, {self.input_name: tensor})[0]
-        both = np.concatenate([tensor, tensor[..., ::-1]], axis=0)
-        heatmaps = self.session.run(None, {self.input_name: both})[0]
-        count = len(tensor)
+        return self.session.run(None, {self.input_name: tensor})[0]
+
+    @staticmethod
+    def with_mirrored(tensor: np.ndarray) -> np.ndarray:
+        """The batch followed by its horizontally mirrored copy (the flip test's network input)."""
+        return np.concatenate([tensor, tensor[..., ::-1]], axis=0)
+
+    def merge_mirrored(self, heatmaps: np.ndarray) -> np.ndarray:
+        """Average the heatmaps of a :meth:`with_mirrored` batch back into one heatmap per crop."""
+        count = len(heatmaps) // 2
         return merge_flip(heatmaps[:count], heatmaps[count:], FLIP_PAIRS, self.info.input_size[0])
+
+    def infer(self, tensor: np.ndarray, flip: bool | None = None) -> np.ndarray:
+        """Heatmaps (N, J, h, w) for a crop batch; with flip test, mirrored crops run in the same batch."""
+        flip = self.flip if flip is None else flip
+        if not flip or len(tensor) == 0:
+            return self.run(tensor)
+        return self.merge_mirrored(self.run(self.with_mirrored(tensor)))
 
     def decode(self, heatmaps: np.ndarray, matrices: np.ndarray) -> np.ndarray:
         """Keypoints (N, J, 3): x, y in original-image pixels and the heatmap peak as score."""

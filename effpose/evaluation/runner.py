@@ -26,7 +26,7 @@ from effpose.evaluation.pck import PCKResult, pck
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from effpose.processing.affine import DEFAULT_INPUT_SIZE
 from effpose.processing.heatmap import DecodeMethod
-from effpose.runtime import PoseEstimator, person_score
+from effpose.runtime import PersonPose, PoseEstimator, person_score
 
 PCK_THRESHOLD = 0.2
 PCK_KEY = f"PCK@{PCK_THRESHOLD:g}"
@@ -160,13 +160,9 @@ def evaluate(
 
     results, offset = [], 0
     for task in tasks:
-        for box_score, person in zip(task.box_scores, keypoints[offset: offset + len(task.boxes)]):
-            results.append({
-                "image_id": task.image_id,
-                "category_id": 1,
-                "keypoints": [round(float(v), 3) for v in person.ravel()],
-                "score": person_score(person[:, 2], float(box_score)),
-            })
+        for box, box_score, person in zip(task.boxes, task.box_scores, keypoints[offset: offset + len(task.boxes)]):
+            pose = PersonPose(np.asarray(box), float(box_score), person, person_score(person[:, 2], float(box_score)))
+            results.append(pose.to_coco(task.image_id))
         offset += len(task.boxes)
 
     metrics: dict[str, Any] = coco_keypoint_ap(gt, results, drop_pseudo=drop_pseudo)

@@ -1,0 +1,1 @@
+"""The effpose microservice: settings, inference core, batcher, REST and gRPC frontends, metrics."""

@@ -1,0 +1,194 @@
+"""Dynamic batcher (asyncio): crops of concurrent requests share model batches, with Triton's queue policy.
+
+- ``max_batch_size`` crops per model call; a request with more crops is split into chunks of that size.
+- A batch is formed from the oldest queued chunk plus whatever else arrives within ``max_queue_delay_s``
+  of it (or until the batch is full). With batching off, every chunk runs alone at once.
+- The queue holds at most ``max_queue_length`` chunks; a request that does not fit is refused at once
+  (:class:`~service.errors.Overloaded`) instead of growing latency without bound. An empty queue takes any
+  request, so one larger than the whole queue is still served.
+- A chunk whose deadline passed, or whose requester went away (cancelled), is dropped when the batch is
+  formed, never computed; an exception in one batch fails only that batch's requests.
+- Model work runs in a single worker thread, off the event loop (ONNX Runtime uses its own thread pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, Overloaded, Unavailable
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Chunk:
+    inputs: np.ndarray
+    deadline: float  # time.monotonic()
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+    started: float = 0.0  # when its batch went to the model
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one model call did: its crops and its wall time."""
+
+    size: int
+    seconds: float
+
+
+class DynamicBatcher:
+    """Pools crop tensors of concurrent requests into model batches; see the module docstring for the policy."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int = 16,
+        max_queue_delay_s: float = 0.004,
+        max_queue_length: int = 64,
+        enabled: bool = True,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        if max_batch_size < 1 or max_queue_length < 1 or max_queue_delay_s < 0:
+            raise ValueError("max_batch_size and max_queue_length must be >= 1 and max_queue_delay_s >= 0")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s if enabled else 0.0
+        self.max_queue_length = max_queue_length
+        self.enabled = enabled
+        self.on_batch = on_batch
+        self._queue: collections.deque[_Chunk] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="effpose-model")
+        self._worker: asyncio.Task | None = None
+        self._last_batch_seconds = 0.05
+
+    @property
+    def depth(self) -> int:
+        """Chunks waiting in the queue."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the batch-forming task on the running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="effpose-batcher")
+
+    async def stop(self) -> None:
+        """Stop forming batches; queued requests fail with :class:`Unavailable`."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        _fail(self._queue, Unavailable("service is shutting down"))
+        self._queue.clear()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, inputs: np.ndarray, deadline: float) -> tuple[np.ndarray, float]:
+        """Outputs of ``run_batch`` for ``inputs`` (N, ...), computed in shared batches before ``deadline``,
+        and the seconds the request waited in the queue.
+
+        Raises :class:`Overloaded` at once when the queue cannot take the request, and
+        :class:`DeadlineExceeded` when the deadline (``time.monotonic()``) passes first.
+        Cancelling the caller drops its queued chunks.
+        """
+        if self._worker is None:
+            raise Unavailable("batcher is not running")
+        chunks = [inputs[i:i + self.max_batch_size] for i in range(0, len(inputs), self.max_batch_size)]
+        if self._queue and len(self._queue) + len(chunks) > self.max_queue_length:
+            raise Overloaded(f"queue full ({len(self._queue)} of {self.max_queue_length} chunks queued)",
+                             retry_after=self.retry_after())
+        loop, now = asyncio.get_running_loop(), time.monotonic()
+        queued = [_Chunk(c, deadline, now, loop.create_future()) for c in chunks]
+        self._queue.extend(queued)
+        self._wakeup.set()
+        futures = [chunk.future for chunk in queued]
+        try:
+            outputs = await asyncio.wait_for(asyncio.gather(*futures), timeout=max(deadline - now, 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded("deadline passed while queued or computing") from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for finished ones; drops still-queued chunks of a cancelled caller
+        return np.concatenate(outputs, axis=0), max(chunk.started - chunk.enqueued for chunk in queued)
+
+    def retry_after(self) -> float:
+        """Seconds after which the queue is likely to have room: the time to drain it at the last batch speed."""
+        batches = max(1, len(self._queue))
+        return max(1.0, round(batches * self._last_batch_seconds, 1))
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [chunk for chunk in await self._form_batch() if not chunk.future.done()]
+            if not batch:  # every caller went away while the batch filled
+                continue
+            inputs = np.concatenate([chunk.inputs for chunk in batch], axis=0)
+            started = time.perf_counter()
+            for chunk in batch:
+                chunk.started = time.monotonic()
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.run_batch, inputs)
+            except asyncio.CancelledError:  # stopped mid-batch
+                _fail(batch, Unavailable("service is shutting down"))
+                raise
+            except Exception as error:  # noqa: BLE001 - one failed batch fails only its own requests
+                _fail(batch, error)
+                continue
+            finally:
+                self._last_batch_seconds = time.perf_counter() - started
+            offset = 0
+            for chunk in batch:
+                if not chunk.future.done():
+                    chunk.future.set_result(outputs[offset:offset + len(chunk.inputs)])
+                offset += len(chunk.inputs)
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(len(inputs), self._last_batch_seconds))
+
+    async def _form_batch(self) -> list[_Chunk]:
+        """Take live chunks from the queue head until the batch is full or the oldest has waited long enough.
+
+        Chunks of callers that went away are skipped and chunks past their deadline are failed, uncomputed.
+        """
+        batch: list[_Chunk] = []
+        size = 0
+        while True:
+            while self._queue:
+                chunk = self._queue[0]
+                if chunk.future.done():
+                    self._queue.popleft()
+                    continue
+                if chunk.deadline <= time.monotonic():
+                    self._queue.popleft()
+                    chunk.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    continue
+                if batch and (size + len(chunk.inputs) > self.max_batch_size or not self.enabled):
+                    return batch
+                batch.append(self._queue.popleft())
+                size += len(chunk.inputs)
+            if not batch or size >= self.max_batch_size or not self.enabled:
+                return batch
+            remaining = batch[0].enqueued + self.max_queue_delay_s - time.monotonic()
+            if remaining <= 0:
+                return batch
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except TimeoutError:
+                pass
+
+
+def _fail(chunks: Iterable[_Chunk], error: BaseException) -> None:
+    for chunk in chunks:
+        if not chunk.future.done():
+            chunk.future.set_exception(error)

@@ -1,0 +1,68 @@
+"""Conversions between the ``effpose.v1`` protobuf messages and the inference core's requests and results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+import effpose
+from effpose.runtime import ModelInfo
+from effpose.v1 import pose_pb2
+from service.core import PoseRequest, PoseResult
+from service.errors import NotAnImage, ServiceError
+
+
+def pose_request(message: pose_pb2.EstimateRequest, timeout_s: float | None) -> PoseRequest:
+    """The core's request for an ``EstimateRequest``: no boxes means "detect"; unset options take the defaults."""
+    if not message.image:
+        raise NotAnImage("EstimateRequest.image is empty: send the encoded image bytes (JPEG, PNG, WebP, ...)")
+    return PoseRequest(
+        image=message.image,
+        boxes=[[box.x1, box.y1, box.x2, box.y2] for box in message.boxes] or None,
+        det_threshold=message.det_threshold if message.HasField("det_threshold") else None,
+        max_persons=message.max_persons if message.HasField("max_persons") else None,
+        flip=message.flip if message.HasField("flip") else None,
+        timeout_s=timeout_s,
+        request_id=message.request_id or None,
+    )
+
+
+def estimate_response(
+    result: PoseResult, model: pose_pb2.ModelRef, keypoint_names: Sequence[str], track_ids: Sequence[int] = ()
+) -> pose_pb2.EstimateResponse:
+    """The ``EstimateResponse`` of a core result; ``track_ids`` (one per person) when the stream tracks persons."""
+    persons = []
+    for index, person in enumerate(result.persons):
+        x1, y1, x2, y2 = (float(v) for v in person.box)
+        persons.append(pose_pb2.Person(
+            box=pose_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2),
+            box_score=float(person.box_score),
+            source=person.source,
+            score=float(person.score),
+            keypoints=[pose_pb2.Keypoint(name=name, x=float(x), y=float(y), score=float(s))
+                       for name, (x, y, s) in zip(keypoint_names, person.keypoints)],
+            track_id=track_ids[index] if track_ids else 0,
+        ))
+    return pose_pb2.EstimateResponse(request_id=result.request_id, model=model, width=result.width,
+                                     height=result.height, persons=persons, timings_ms=result.timings_ms)
+
+
+def model_description(info: ModelInfo, detector: str) -> pose_pb2.ModelDescription:
+    """What ``GetModel`` answers: the pose model's metadata, the detector and the package version."""
+    width, height = info.input_size
+    return pose_pb2.ModelDescription(
+        name=info.name, version=info.version, weights=info.weights, detector=detector,
+        input_width=width, input_height=height, keypoint_names=list(info.keypoint_names),
+        skeleton=[pose_pb2.Edge(a=a, b=b) for a, b in info.skeleton], service_version=effpose.__version__,
+    )
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    """The gRPC status code of a service error."""
+    return grpc.StatusCode[error.grpc_code]
+
+
+def error_status(error: ServiceError) -> pose_pb2.Status:
+    """A service error as the per-frame ``Status`` of a stream (code number as in google.rpc.Code)."""
+    return pose_pb2.Status(code=status_code(error).value[0], message=error.message)

@@ -1,0 +1,101 @@
+"""One process serves both frontends: ``effpose serve`` runs REST (uvicorn) and gRPC over one inference core.
+
+SIGTERM/SIGINT start a graceful shutdown: readiness (``/readyz`` and gRPC health) goes false, in-flight
+requests finish (at most ``drain_timeout_s``), then both servers stop and the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from service.core import InferenceCore
+from service.grpc_server import build_grpc_server
+from service.metrics import ServiceMetrics
+from service.rest import create_app
+from service.settings import Settings
+
+log = logging.getLogger("effpose.service")
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: :class:`Service` owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    """The inference core with its REST and gRPC servers; ports are bound at construction (0 = any free port).
+
+    Construct it on the event loop that runs it (grpc.aio binds its server to the current loop).
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.core = InferenceCore(settings, self.metrics)
+        self.http_socket = socket.create_server((settings.host, settings.http_port))
+        self.http_port: int = self.http_socket.getsockname()[1]
+        self.grpc_server, self.grpc_health = build_grpc_server(self.core, settings, self.metrics)
+        self.grpc_port: int = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        config = uvicorn.Config(create_app(self.core), lifespan="off", log_level=settings.log_level,
+                                timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
+        self.http_server = _HttpServer(config)
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until :meth:`request_stop` (or a signal), then shut down gracefully.
+
+        Both servers listen at once, answering liveness while the models warm up; readiness (``/readyz``,
+        gRPC health) turns true when they are warm.
+        """
+        await self.grpc_health.set_serving(False)
+        await self.grpc_server.start()
+        http = asyncio.create_task(self.http_server.serve(sockets=[self.http_socket]))
+        await self.core.start()
+        await self.grpc_health.set_serving(True)
+        log.info("serving: HTTP on %s:%d, gRPC on %s:%d", self.settings.host, self.http_port, self.settings.host,
+                 self.grpc_port)
+        stop = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({http, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await self.shutdown(http)
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown (call it on the service's loop, e.g. from a signal handler)."""
+        self._stop.set()
+
+    async def shutdown(self, http: asyncio.Task) -> None:
+        """Readiness false, drain in-flight requests, stop gRPC and HTTP, release the models."""
+        log.info("shutting down: draining in-flight requests")
+        await self.grpc_health.set_serving(False)
+        await self.core.drain(self.settings.drain_timeout_s)
+        await self.grpc_server.stop(grace=1.0)
+        self.http_server.should_exit = True
+        await http
+        await self.core.stop()
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    """Run :class:`Service` with SIGTERM and SIGINT wired to a graceful shutdown."""
+    service = Service(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, service.request_stop)
+    await service.run()
+
+
+def main(settings: Settings | None = None) -> None:
+    """Entry point of ``effpose serve``: settings from ``EFFPOSE_*`` variables, printed at start."""
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log.info("settings: %s", settings.model_dump_json())
+    asyncio.run(serve(settings))

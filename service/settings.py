@@ -1,0 +1,70 @@
+"""Every setting of the service, read from ``EFFPOSE_*`` environment variables (one pydantic-settings object)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from effpose.assets import DEFAULT_POSE_MODEL
+from service.cpus import available_cpus
+
+
+class Settings(BaseSettings):
+    """Service configuration; e.g. ``EFFPOSE_HTTP_PORT=9000`` sets ``http_port``."""
+
+    model_config = SettingsConfigDict(env_prefix="EFFPOSE_", frozen=True)
+
+    # Network
+    host: str = "0.0.0.0"
+    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int = Field(50051, ge=0, le=65535)
+
+    # Models
+    pose_model: Path = DEFAULT_POSE_MODEL
+    providers: str = Field("cpu", description="cpu, cuda or auto")
+    threads: int = Field(default_factory=available_cpus, ge=1, description="ONNX Runtime intra-op threads per model")
+    flip: bool = Field(False, description="flip test by default (requests may override)")
+    decode: Literal["quarter", "dark"] = "dark"
+
+    # Detector stage
+    detector: Literal["auto", "onnx", "whole-image"] = Field(
+        "auto", description="auto: the ONNX detector when detector_model is set, else the whole image as one person")
+    detector_model: Path | None = None
+    detector_layout: Literal["auto", "yolox", "yolov8"] = "auto"
+    det_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    nms_iou: float = Field(0.45, gt=0.0, le=1.0)
+    max_persons: int = Field(20, ge=1, le=1000)
+
+    # Batcher
+    batching: bool = True
+    max_batch_size: int = Field(16, ge=1, le=1024, description="crops per model batch")
+    max_queue_delay_ms: float = Field(4.0, ge=0.0, le=10_000.0)
+    max_queue_length: int = Field(64, ge=1, description="queued crop chunks before requests are refused")
+    request_timeout_s: float = Field(10.0, gt=0.0, description="default deadline of a request")
+    cpu_workers: int = Field(default_factory=available_cpus, ge=1, description="threads for decode/detect/crop")
+
+    # Input limits
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_client_boxes: int = Field(100, ge=1)
+
+    # Lifecycle
+    drain_timeout_s: float = Field(20.0, ge=0.0, description="wait this long for in-flight requests on SIGTERM")
+    stream_window: int = Field(4, ge=1, le=64, description="frames of one gRPC stream in flight at once")
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _detector_needs_model(self) -> Settings:
+        if self.detector == "onnx" and self.detector_model is None:
+            raise ValueError("EFFPOSE_DETECTOR=onnx needs EFFPOSE_DETECTOR_MODEL (path to the detector ONNX)")
+        return self
+
+    @property
+    def detector_kind(self) -> str:
+        """The detector stage to build, with ``auto`` resolved."""
+        if self.detector == "auto":
+            return "whole-image" if self.detector_model is None else "onnx"
+        return self.detector
