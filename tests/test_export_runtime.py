@@ -128,7 +128,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
 def test_inference_path_imports_no_torch() -> None:
     code = (
         "import sys, effpose.runtime, effpose.processing, effpose.draw, effpose.keypoints, effpose.genotype, "
-        "effpose.assets, effpose.cli, effpose.data, effpose.evaluation.runner; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+        "effpose.assets, effpose.cli, effpose.data, effpose.evaluation.runner, effpose.detectors, service.main; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
         "assert not bad, bad"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
