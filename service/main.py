@@ -47,7 +47,8 @@ class Service:
         self.grpc_server, self.grpc_health = build_grpc_server(self.core, settings, self.metrics)
         self.grpc_port: int = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
         config = uvicorn.Config(create_app(self.core), lifespan="off", log_level=settings.log_level,
-                                timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
+                                timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
+                                limit_concurrency=settings.max_http_connections)
         self.http_server = _HttpServer(config)
         self._stop = asyncio.Event()
 

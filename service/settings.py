@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_client_boxes: int = Field(100, ge=1)
+    max_http_connections: int = Field(1000, ge=1, description="open HTTP connections beyond this get 503 at once")
 
     # Lifecycle
     drain_timeout_s: float = Field(20.0, ge=0.0, description="wait this long for in-flight requests on SIGTERM")
