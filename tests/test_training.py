@@ -63,6 +63,18 @@ def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path:
     assert evaluated.returncode == 2 and "not found" in evaluated.stderr  # a wrong image folder is a clear error
 
 
+def test_distributed_training_under_torchrun(tiny_config: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo) under torchrun, the command unchanged: one log, one set of checkpoints."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "effpose.cli", "train", "--config", str(tiny_config), "--epochs", "2",
+               "--out-dir", str(tmp_path / "ddp")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]  # rank 0 alone logs and validates
+    assert (tmp_path / "ddp" / "best.pt").is_file() and (tmp_path / "ddp" / "last.pt").is_file()
+
+
 def test_config_rejects_unknown_keys_and_missing_data(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown training config keys"):
         TrainConfig.from_dict({"arch": "A", "learning_rate": 1})
