@@ -59,8 +59,10 @@ def stage_summary(run: Path) -> dict:
         "input": config["input_size"],
         "init": config["init_checkpoint"] or config["init"],
         "epochs_run": len(history),
+        "samples_per_epoch": config["samples_per_epoch"],
         "samples_seen": config["samples_per_epoch"] * len(history),
         "lr": config["lr"],
+        "weight_decay": config["weight_decay"],
         "precise_bn_batches": config.get("precise_bn_batches", 0),
         "train_hours": round(sum(h["train_seconds"] + h["val_seconds"] for h in history) / 3600, 2),
     }
@@ -93,8 +95,8 @@ def main() -> None:
             "data": [{"name": s.name, "annotations": s.annotations, "ratio": s.ratio} for s in config.train],
             "init": stages[0]["init"],
             "recipe": {key: config.to_dict()[key] for key in (  # shared by every stage; the rest is per stage
-                "samples_per_epoch", "batch_size", "weight_decay", "schedule", "warmup_steps", "sigma", "augment",
-                "pseudo_weight", "sic", "channels_last")},
+                "batch_size", "schedule", "warmup_steps", "sigma", "augment", "pseudo_weight", "sic",
+                "channels_last")},
             "best_epoch_of_last_stage": extra["epoch"],
             "stages": stages,
             "epochs_run": sum(s["epochs_run"] for s in stages),
