@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from effpose.evaluation.cli import add_eval_parser
+from effpose.evaluation.cli import add_detector_parsers, add_eval_parser
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     add_eval_parser(commands)
+    add_detector_parsers(commands)
 
     train = commands.add_parser("train", help="train a pose network (also under torchrun)")
     train.add_argument("--config", type=Path, help="JSON training config (see configs/)")

@@ -274,8 +274,9 @@ def test_guess_layout() -> None:
     assert guess_layout((1, 84, 8400), (640, 640)) == "yolov8"
     assert guess_layout((1, 5, 3549), (416, 416)) == "yolov8"  # a one-class (person) YOLOv8
     assert guess_layout((1, 3549, 6), (416, 416)) == "yolox"
+    assert guess_layout((1, 100, 5), (416, 416)) == "effpose"
     for shape in [(1, 8400, 85), (1, 100, 100), (3549, 85), (2, 3549, 85)]:
-        with pytest.raises(ValueError, match="layout='yolox' or layout='yolov8'"):
+        with pytest.raises(ValueError, match="layout='yolox', 'yolov8' or 'effpose'"):
             guess_layout(shape, (416, 416))
 
 
@@ -314,6 +315,21 @@ def test_yolox_end_to_end_constant_model(tmp_path) -> None:
     assert len(detections) == 1
     np.testing.assert_allclose(detections[0].box, (64, 24, 96, 56), atol=1e-4)
     assert detections[0].score == pytest.approx(0.72)
+
+
+def test_effpose_layout_end_to_end_constant_model(tmp_path) -> None:
+    # decoded rows in input pixels, best first: a person (24, 24, 40, 40) at 0.9, its duplicate, a weak one
+    rows = np.array([[[24, 24, 40, 40, 0.9], [25, 24, 41, 40, 0.85], [2, 50, 10, 58, 0.1]]], np.float32)
+    path = constant_model(tmp_path / "own.onnx", rows)
+    model = onnx.load(path)
+    onnx.helper.set_model_props(model, {"effpose.kind": "person_detector"})
+    onnx.save(model, path)
+    detector = OnnxYoloDetector(path)
+    assert detector.layout == "effpose"
+    detections = detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.3, 10)
+    # centred letterbox like yolov8: scale 0.5, 16 padding rows on top -> image box (48, 16, 80, 48); NMS drops the twin
+    assert len(detections) == 1 and detections[0].score == pytest.approx(0.9)
+    np.testing.assert_allclose(detections[0].box, (48, 16, 80, 48), atol=1e-4)
 
 
 def test_detector_clips_boxes_and_caps_count(tmp_path) -> None:

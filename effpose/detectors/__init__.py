@@ -13,7 +13,7 @@ from effpose.detectors.letterbox import Letterbox, letterbox
 from effpose.detectors.nms import box_iou, nms
 from effpose.detectors.onnx_yolo import OnnxYoloDetector, preprocess
 from effpose.detectors.whole_image import WholeImageDetector
-from effpose.detectors.yolo_decode import decode_yolov8, decode_yolox, guess_layout
+from effpose.detectors.yolo_decode import decode_boxes, decode_yolov8, decode_yolox, guess_layout
 
 DETECTOR_KINDS: tuple[str, ...] = ("onnx", "whole-image")
 
@@ -40,6 +40,7 @@ __all__ = [
     "WholeImageDetector",
     "box_iou",
     "build_detector",
+    "decode_boxes",
     "decode_yolov8",
     "decode_yolox",
     "guess_layout",

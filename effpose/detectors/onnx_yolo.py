@@ -12,24 +12,23 @@ import onnxruntime as ort
 from effpose.detectors.base import Detection, image_size, to_detections
 from effpose.detectors.letterbox import Letterbox, letterbox
 from effpose.detectors.nms import nms
-from effpose.detectors.yolo_decode import (
-    Layout,
-    decode_yolov8,
-    decode_yolox,
-    guess_layout,
-)
+from effpose.detectors.yolo_decode import Layout, decode_boxes, decode_yolov8, decode_yolox, guess_layout
 from effpose.runtime import resolve_providers
 
-LAYOUTS: tuple[str, ...] = ("auto", "yolox", "yolov8")
+LAYOUTS: tuple[str, ...] = ("auto", "yolox", "yolov8", "effpose")
+#: ONNX metadata value of ``effpose.kind`` that marks the project's own person detector (layout ``effpose``).
+PERSON_DETECTOR_KIND = "person_detector"
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tuple[np.ndarray, Letterbox]:
     """Model input (1, 3, H, W) float32 for a BGR uint8 image, and the letterbox placement.
 
-    ``yolox``: top-left letterbox, BGR, 0-255. ``yolov8``: centred letterbox, RGB, 0-1. Both pad with 114.
+    ``yolox``: top-left letterbox, BGR, 0-255. ``yolov8`` and ``effpose``: centred letterbox, RGB, 0-1. All pad
+    with 114.
     """
-    canvas, placement = letterbox(image, size, centered=layout == "yolov8")
-    if layout == "yolov8":
+    rgb = layout in ("yolov8", "effpose")
+    canvas, placement = letterbox(image, size, centered=rgb)
+    if rgb:
         tensor = canvas[..., ::-1].transpose(2, 0, 1).astype(np.float32) / 255.0
     else:
         tensor = canvas.transpose(2, 0, 1).astype(np.float32)
@@ -37,16 +36,17 @@ def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tupl
 
 
 class OnnxYoloDetector:
-    """Person detector running a YOLOX or YOLOv8 ONNX export; see :mod:`effpose.detectors.yolo_decode`.
+    """Person detector running a YOLOX or YOLOv8 ONNX export, or the project's own detector (layout ``effpose``);
+    see :mod:`effpose.detectors.yolo_decode`.
 
-    ``layout="auto"`` tells the layout from the output shape. ``person_class`` is the person's class index (0 in
+    ``layout="auto"`` tells the layout from the model's metadata (``effpose.kind``) or its output shape. ``person_class`` is the person's class index (0 in
     COCO). Boxes are merged by class-agnostic NMS at IoU ``nms_iou``. Thread-safe: ``detect`` keeps no state.
     """
 
     def __init__(
         self,
         model_path: str | Path,
-        layout: Literal["auto", "yolox", "yolov8"] = "auto",
+        layout: Literal["auto", "yolox", "yolov8", "effpose"] = "auto",
         person_class: int = 0,
         nms_iou: float = 0.45,
         providers: str | Sequence[str] = "cpu",
@@ -82,6 +82,8 @@ class OnnxYoloDetector:
         # it symbolic); decoding it checks that the output fits the layout and the person class.
         blank = np.zeros((1, 3, shape[2], shape[3]), np.float32)
         output = self.session.run(None, {self.input_name: blank})[0]
+        if layout == "auto" and self.session.get_modelmeta().custom_metadata_map.get("effpose.kind") == PERSON_DETECTOR_KIND:
+            layout = "effpose"
         self.layout: Layout = guess_layout(output.shape, self.input_size) if layout == "auto" else layout
         if decoded and self.layout != "yolox":
             raise ValueError("decoded=True only applies to the yolox layout")
@@ -90,6 +92,8 @@ class OnnxYoloDetector:
     def _decode(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.layout == "yolox":
             return decode_yolox(output, self.input_size, self.person_class, self.decoded)
+        if self.layout == "effpose":
+            return decode_boxes(output)
         return decode_yolov8(output, self.person_class)
 
     def detect(self, image: np.ndarray, score_threshold: float, max_detections: int) -> list[Detection]:

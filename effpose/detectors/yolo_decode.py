@@ -1,6 +1,6 @@
-"""Decoding of YOLO detector outputs into person boxes in model-input pixels (pure numpy, no model needed).
+"""Decoding of detector outputs into person boxes in model-input pixels (pure numpy, no model needed).
 
-Two layouts are understood:
+Three layouts are understood:
 
 * ``yolox`` (official Megvii export): output (1, A, 5 + C), rows ``cx, cy, w, h, objectness, C class scores``
   over the anchor points of strides 8, 16 and 32 (row-major grids, stride 8 first). Raw exports hold grid
@@ -8,6 +8,8 @@ Two layouts are understood:
   ``decode_in_inference``) already hold pixels. Score = objectness * class score.
 * ``yolov8`` (ultralytics export): output (1, 4 + C, A), columns ``cx, cy, w, h, C class scores`` in pixels,
   no objectness. Score = class score.
+* ``effpose`` (the project's own person detector, decoding inside the graph): output (1, K, 5), rows
+  ``x1, y1, x2, y2, score`` in pixels, best first. Its pre-processing is YOLOv8's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-Layout = Literal["yolox", "yolov8"]
+Layout = Literal["yolox", "yolov8", "effpose"]
 STRIDES: tuple[int, ...] = (8, 16, 32)
 
 
@@ -32,7 +34,7 @@ def anchor_points(size: tuple[int, int], strides: tuple[int, ...] = STRIDES) -> 
 
 def guess_layout(output_shape: tuple[int, ...], size: tuple[int, int]) -> Layout:
     """Tell the layout from an output shape: the axis holding the anchor count of ``size`` (width, height)
-    is the anchor axis. Raises ValueError when the shape fits neither layout or both."""
+    is the anchor axis; (1, K, 5) rows are already boxes. Raises ValueError when the shape fits no layout or two."""
     anchors = len(anchor_points(size)[1])
     fits = []
     if len(output_shape) == 3 and output_shape[0] == 1:
@@ -40,11 +42,13 @@ def guess_layout(output_shape: tuple[int, ...], size: tuple[int, int]) -> Layout
             fits.append("yolox")
         if output_shape[2] == anchors and output_shape[1] >= 5:
             fits.append("yolov8")
+        if output_shape[2] == 5 and output_shape[1] != anchors:
+            fits.append("effpose")
     if len(fits) != 1:
         raise ValueError(
             f"cannot tell the detector layout from output shape {list(output_shape)} (input {size[0]}x{size[1]} has "
             f"{anchors} anchor points; expected [1, {anchors}, 5+C] for yolox or [1, 4+C, {anchors}] for yolov8): "
-            "pass layout='yolox' or layout='yolov8'"
+            "pass layout='yolox', 'yolov8' or 'effpose'"
         )
     return fits[0]
 
@@ -87,3 +91,11 @@ def decode_yolov8(output: np.ndarray, person_class: int = 0) -> tuple[np.ndarray
     _check_output(output, 1, 5 + person_class, "yolov8", f"[1, 4+C, A] with C > {person_class}")
     columns = output[0].T.astype(np.float64)
     return _centre_to_corners(columns[:, :4]), columns[:, 4 + person_class]
+
+
+def decode_boxes(output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Person boxes (K, 4) xyxy in model-input pixels and scores (K,) from an ``effpose`` output (1, K, 5)."""
+    output = np.asarray(output)
+    _check_output(output, 2, 5, "effpose", "[1, K, 5] rows of x1, y1, x2, y2, score")
+    rows = output[0].astype(np.float64)
+    return rows[:, :4], rows[:, 4]
