@@ -109,10 +109,15 @@ class DynamicBatcher:
         self._queue.extend(queued)
         self._wakeup.set()
         futures = [chunk.future for chunk in queued]
-        try:
-            outputs = await asyncio.wait_for(asyncio.gather(*futures), timeout=max(deadline - now, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded("deadline passed while queued or computing") from None
+        try:  # asyncio.wait, not wait_for(gather): no wrapper future whose error could go unretrieved
+            done, pending = await asyncio.wait(futures, timeout=max(deadline - now, 0.0),
+                                               return_when=asyncio.FIRST_EXCEPTION)
+            for future in done:
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+            if pending:
+                raise DeadlineExceeded("deadline passed while queued or computing")
+            outputs = [future.result() for future in futures]
         finally:
             for future in futures:
                 future.cancel()  # no-op for finished ones; drops still-queued chunks of a cancelled caller

@@ -22,7 +22,7 @@ import numpy as np
 from effpose.detectors import PersonDetector, build_detector
 from effpose.runtime import ModelInfo, PersonPose, PoseEstimator, person_score
 from service.batcher import BatchStats, DynamicBatcher
-from service.errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
+from service.errors import BadRequest, DeadlineExceeded, Overloaded, ServiceError, Unavailable
 from service.imaging import decode_image
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -141,6 +141,10 @@ class InferenceCore:
         """Poses of every person in the request's image (client boxes when given, else the detector's)."""
         if not self.ready:
             raise Unavailable("models are still loading")
+        if self.in_flight >= self.settings.max_in_flight:
+            self.metrics.rejected.labels("in_flight_limit").inc()
+            raise Overloaded(f"{self.in_flight} requests in flight, the limit is {self.settings.max_in_flight}",
+                             retry_after=self.batcher.retry_after(), reason="in_flight_limit")
         started = time.perf_counter()
         timeout = self.settings.request_timeout_s if request.timeout_s is None else request.timeout_s
         deadline = time.monotonic() + timeout

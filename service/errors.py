@@ -34,13 +34,17 @@ class TooLarge(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """The queue is full: refused at once instead of waiting; retry after ``retry_after`` seconds."""
+    """No room: refused at once instead of waiting; retry after ``retry_after`` seconds.
+
+    ``reason`` says which limit: ``queue_full`` (the batcher's queue) or ``in_flight_limit`` (admitted requests).
+    """
 
     http_status, grpc_code, reason = 429, "RESOURCE_EXHAUSTED", "queue_full"
 
-    def __init__(self, message: str, retry_after: float = 1.0):
+    def __init__(self, message: str, retry_after: float = 1.0, reason: str = "queue_full"):
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class DeadlineExceeded(ServiceError):

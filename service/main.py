@@ -43,6 +43,10 @@ class Service:
         self.metrics = ServiceMetrics()
         self.core = InferenceCore(settings, self.metrics)
         self.http_socket = socket.create_server((settings.host, settings.http_port))
+        # Accepted connections inherit TCP_NODELAY from the listener. asyncio only sets it itself on sockets whose
+        # proto is IPPROTO_TCP, and create_server's is 0: without this, every response on a kept-alive connection
+        # waited ~40 ms for the client's delayed ACK (Nagle), found by benchmarks/service_load.py.
+        self.http_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.http_port: int = self.http_socket.getsockname()[1]
         self.grpc_server, self.grpc_health = build_grpc_server(self.core, settings, self.metrics)
         self.grpc_port: int = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

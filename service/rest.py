@@ -187,7 +187,7 @@ def create_app(core: InferenceCore) -> FastAPI:
             watcher.cancel()
             if not work.done():
                 work.cancel()  # the client went away: drop its queued work
-        if work.cancelled():
+        if not work.done() or work.cancelled():  # a cancelled task stays pending until it has unwound
             return Response(status_code=499)  # never delivered: the client is gone
         return pose_response(work.result(), core, params)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from effpose.assets import DEFAULT_POSE_MODEL
+from effpose.assets import DEFAULT_POSE_MODEL, default_person_detector
 from service.cpus import available_cpus
 
 
@@ -31,9 +31,10 @@ class Settings(BaseSettings):
 
     # Detector stage
     detector: Literal["auto", "onnx", "whole-image"] = Field(
-        "auto", description="auto: the ONNX detector when detector_model is set, else the whole image as one person")
-    detector_model: Path | None = None
-    detector_layout: Literal["auto", "yolox", "yolov8"] = "auto"
+        "auto", description="auto: the ONNX detector when there is a detector_model, else the whole image as one person")
+    detector_model: Path | None = Field(default_factory=default_person_detector,
+                                        description="person detector ONNX; default: the shipped one")
+    detector_layout: Literal["auto", "yolox", "yolov8", "effpose"] = "auto"
     det_threshold: float = Field(0.4, ge=0.0, le=1.0)
     nms_iou: float = Field(0.45, gt=0.0, le=1.0)
     max_persons: int = Field(20, ge=1, le=1000)
@@ -43,6 +44,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=1024, description="crops per model batch")
     max_queue_delay_ms: float = Field(4.0, ge=0.0, le=10_000.0)
     max_queue_length: int = Field(64, ge=1, description="queued crop chunks before requests are refused")
+    max_in_flight: int = Field(64, ge=1, description="requests admitted at once (decode to answer); the next is "
+                                                     "refused with 429 before its image is decoded")
     request_timeout_s: float = Field(10.0, gt=0.0, description="default deadline of a request")
     cpu_workers: int = Field(default_factory=available_cpus, ge=1, description="threads for decode/detect/crop")
 
@@ -56,6 +59,12 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(20.0, ge=0.0, description="wait this long for in-flight requests on SIGTERM")
     stream_window: int = Field(4, ge=1, le=64, description="frames of one gRPC stream in flight at once")
     log_level: str = "info"
+
+    @field_validator("detector_model", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        """``EFFPOSE_DETECTOR_MODEL=`` (empty) means no detector model, not the current directory."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _detector_needs_model(self) -> Settings:

@@ -74,9 +74,10 @@ class RunningService:
 
 @contextlib.contextmanager
 def running_service(**overrides: object) -> Iterator[RunningService]:
-    """A service on free loopback ports with test-friendly settings (1 thread each) plus ``overrides``."""
+    """A service on free loopback ports with test-friendly settings (1 thread each, no detector model: the whole
+    image is one person) plus ``overrides``."""
     options = {"host": "127.0.0.1", "http_port": 0, "grpc_port": 0, "threads": 1, "cpu_workers": 2,
-               "log_level": "warning", **overrides}
+               "detector_model": None, "log_level": "warning", **overrides}
     service = RunningService(Settings(**options))
     service.start()
     try:

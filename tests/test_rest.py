@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -198,17 +200,58 @@ def test_overload_is_refused_with_retry_after_and_the_server_recovers(random_onn
         assert 'effpose_rejected_requests_total{reason="queue_full"}' in http.get("/metrics").text
 
 
+def test_requests_beyond_the_in_flight_limit_are_refused_before_decoding(random_onnx_a):
+    with running_service(pose_model=random_onnx_a, max_in_flight=2, max_batch_size=1, cpu_workers=4) as small, \
+            httpx.Client(base_url=small.base_url, timeout=60) as http:
+        boxes = json.dumps([BOX] * 8)
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(lambda _: post_pose(http, boxes=boxes, flip=True), range(24)))
+        refused = [r for r in statuses if r.status_code == 429]
+        assert {r.status_code for r in statuses} <= {200, 429} and refused and len(refused) < len(statuses)
+        assert {r.json()["error"]["reason"] for r in refused} == {"in_flight_limit"}
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert small.service.core.in_flight == 0 and post_pose(http).status_code == 200
+        assert 'effpose_rejected_requests_total{reason="in_flight_limit"}' in http.get("/metrics").text
+
+
+def test_http_responses_are_not_held_back_by_nagle(random_onnx_a):
+    """The listener (and so every accepted connection) has TCP_NODELAY: with Nagle on, each response on a kept-alive
+    connection waited for the client's delayed ACK (~40 ms)."""
+    with running_service(pose_model=random_onnx_a) as running:
+        assert running.service.http_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+class ErrorRecords(logging.Handler):
+    """Collects ERROR records (uvicorn's "Exception in ASGI application", asyncio's unretrieved exceptions)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_vanishing_client_has_its_work_cancelled(random_onnx_a):
+    errors = ErrorRecords()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.error", "asyncio")]
     with running_service(pose_model=random_onnx_a, max_batch_size=2) as running, \
             httpx.Client(base_url=running.base_url) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            http.post("/v1/pose", content=JPEG, params={"boxes": json.dumps([BOX] * 100), "flip": True},
-                      headers={"content-type": "image/jpeg"}, timeout=0.3)
-        deadline = time.monotonic() + 10
-        while 'effpose_rejected_requests_total{reason="cancelled"}' not in http.get("/metrics").text:
-            assert time.monotonic() < deadline, "the abandoned request was not cancelled"
-            time.sleep(0.1)
-        assert post_pose(http).status_code == 200
+        for logger in loggers:
+            logger.addHandler(errors)
+        try:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post("/v1/pose", content=JPEG, params={"boxes": json.dumps([BOX] * 100), "flip": True},
+                          headers={"content-type": "image/jpeg"}, timeout=0.3)
+            deadline = time.monotonic() + 10
+            while 'effpose_rejected_requests_total{reason="cancelled"}' not in http.get("/metrics").text:
+                assert time.monotonic() < deadline, "the abandoned request was not cancelled"
+                time.sleep(0.1)
+            assert post_pose(http).status_code == 200
+        finally:
+            for logger in loggers:
+                logger.removeHandler(errors)
+    assert not errors.records, [record.getMessage() for record in errors.records]
 
 
 def test_graceful_shutdown_finishes_in_flight_requests(random_onnx_a):

@@ -29,11 +29,16 @@ def test_absurd_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, v
 
 
 def test_detector_kind_follows_the_detector_model(tmp_path: Path) -> None:
-    assert Settings().detector_kind == "whole-image"
+    assert Settings(detector_model=None).detector_kind == "whole-image"
     assert Settings(detector_model=tmp_path / "det.onnx").detector_kind == "onnx"
     assert Settings(detector="whole-image", detector_model=tmp_path / "det.onnx").detector_kind == "whole-image"
     with pytest.raises(ValidationError, match="EFFPOSE_DETECTOR_MODEL"):
         Settings(detector="onnx")
+
+
+def test_an_empty_detector_model_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EFFPOSE_DETECTOR_MODEL", "")
+    assert Settings().detector_model is None and Settings().detector_kind == "whole-image"
 
 
 @pytest.mark.parametrize(("files", "expected"), [

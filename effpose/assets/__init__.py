@@ -6,6 +6,7 @@ from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent
 DEFAULT_POSE_MODEL = ASSETS_DIR / "efficientpose_a_coco17.onnx"
+DEFAULT_PERSON_DETECTOR = ASSETS_DIR / "person_detector.onnx"
 
 
 def default_pose_model() -> Path:
@@ -15,3 +16,8 @@ def default_pose_model() -> Path:
             f"no shipped pose model at {DEFAULT_POSE_MODEL}; pass --model PATH (e.g. one made by 'effpose export')"
         )
     return DEFAULT_POSE_MODEL
+
+
+def default_person_detector() -> Path | None:
+    """Path of the shipped trained person detector (``effpose export-detector``), or None when none ships."""
+    return DEFAULT_PERSON_DETECTOR if DEFAULT_PERSON_DETECTOR.is_file() else None
