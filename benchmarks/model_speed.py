@@ -44,6 +44,7 @@ import onnxruntime as ort
 import torch
 
 from effpose.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from effpose.machine import cpu_model
 from effpose.model import build_model, measure_complexity
 
 INPUT_SIZE = (192, 256)  # (width, height)
@@ -304,16 +305,6 @@ def speedups(measurements: list[Measurement]) -> list[Speedup]:
 
 
 # --- reporting ------------------------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    """The "model name" line of /proc/cpuinfo (platform.processor() where there is none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    return platform.processor() or "unknown"
-
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]

@@ -140,6 +140,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    """Train the person detector from a JSON config, with command-line overrides; works under torchrun."""
+    import logging
+
+    from effpose.detection.config import DetectorConfig
+    from effpose.detection.trainer import run_detector_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = DetectorConfig.load(args.config) if args.config else DetectorConfig()
+    overrides = {"arch": args.arch, "init": args.init, "input_size": args.input, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers, "out_dir": args.out_dir,
+                 "samples_per_epoch": args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch,
+                 "seed": args.seed}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    run_detector_training(config, resume=args.resume)
+    return 0
+
+
+def cmd_export_detector(args: argparse.Namespace) -> int:
+    """Export a detector checkpoint (or, explicitly, random weights) to ONNX and check parity with torch."""
+    from effpose.detection.export import check_detector_parity, export_detector
+    from effpose.detection.model import build_detector, load_detector
+
+    if (args.checkpoint is None) == (not args.random_weights):
+        print("error: pass --checkpoint FILE or --random-weights (an untrained test model), not both",
+              file=sys.stderr)
+        return 2
+    if args.checkpoint is not None:
+        model, extra = load_detector(args.checkpoint)
+        trained_size = extra.get("train_config", {}).get("input_size")
+        weights = "trained"
+    else:
+        model, trained_size, weights = build_detector(args.arch), None, "random"
+    input_size = args.input or trained_size or 320
+    path = export_detector(model, args.out, input_size, weights=weights)
+    diff = check_detector_parity(model, path, input_size)
+    print(json.dumps({"out": str(path), "weights": weights, "input_size": [input_size, input_size],
+                      "parity_max_abs_diff": diff}))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve REST and gRPC; flags override the ``EFFPOSE_*`` environment, which overrides the defaults."""
     from pydantic import ValidationError
@@ -203,6 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, help="continue from a last.pt")
     train.set_defaults(func=cmd_train)
 
+    detector = commands.add_parser("train-detector", help="train the person detector (also under torchrun)")
+    detector.add_argument("--config", type=Path, help="JSON detector config (configs/person_detector.json)")
+    detector.add_argument("--arch", help="override: trunk genotype (A, B, C, mbv2 or a genotype JSON)")
+    detector.add_argument("--init", choices=("scratch", "lite0"), help="override: scratch or FNA-remapped ImageNet seed")
+    detector.add_argument("--input", type=int, help="override: square input side S (multiple of 32)")
+    detector.add_argument("--epochs", type=int)
+    detector.add_argument("--batch-size", type=int, help="per process")
+    detector.add_argument("--lr", type=float)
+    detector.add_argument("--workers", type=int, help="data loader processes")
+    detector.add_argument("--samples-per-epoch", type=int)
+    detector.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    detector.add_argument("--seed", type=int)
+    detector.add_argument("--out-dir", help="checkpoints, config and metrics.jsonl go here")
+    detector.add_argument("--resume", type=Path, help="continue from a last.pt")
+    detector.set_defaults(func=cmd_train_detector)
+
+    export_det = commands.add_parser("export-detector", help="export a detector checkpoint to ONNX with a parity check")
+    export_det.add_argument("--checkpoint", type=Path, help="checkpoint written by train-detector")
+    export_det.add_argument("--random-weights", action="store_true", help="export an untrained model (tests only)")
+    export_det.add_argument("--arch", default="A", help="trunk genotype of a --random-weights model")
+    export_det.add_argument("--input", type=int, help="square input side S (default: the training size, else 320)")
+    export_det.add_argument("--out", type=Path, required=True)
+    export_det.set_defaults(func=cmd_export_detector)
+
     predict = commands.add_parser("predict", help="poses in one image: JSON and a drawn image")
     predict.add_argument("image", type=Path)
     predict.add_argument("--model", type=Path, help="pose model ONNX (default: the shipped model)")
@@ -223,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int, help="EFFPOSE_GRPC_PORT, default 50051")
     serve.add_argument("--pose-model", type=Path, help="EFFPOSE_POSE_MODEL, default the shipped model")
     serve.add_argument("--detector", choices=("auto", "onnx", "whole-image"), help="EFFPOSE_DETECTOR")
-    serve.add_argument("--detector-model", type=Path, help="EFFPOSE_DETECTOR_MODEL: YOLOX/YOLOv8-style ONNX")
+    serve.add_argument("--detector-model", type=Path,
+                       help="EFFPOSE_DETECTOR_MODEL: own, YOLOX or YOLOv8-style ONNX (default: the shipped detector)")
     serve.add_argument("--threads", type=int, help="EFFPOSE_THREADS: ONNX Runtime threads (default: CPU quota)")
     serve.add_argument("--providers", help="EFFPOSE_PROVIDERS: cpu, cuda or auto")
     serve.set_defaults(func=cmd_serve)

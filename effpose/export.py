@@ -38,6 +38,36 @@ def model_metadata(model: EfficientPose, input_size: tuple[int, int], weights: s
     }
 
 
+def save_onnx(
+    module: torch.nn.Module, example: torch.Tensor, path: str | Path, input_name: str, output_name: str,
+    metadata: dict[str, str],
+) -> Path:
+    """Trace ``module`` on ``example`` (legacy exporter, opset :data:`OPSET`, dynamic batch axis), attach
+    ``metadata`` as metadata_props, check the model and write it to ``path``."""
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        )
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "effpose"
+    proto.producer_version = __version__
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return path
+
+
 def export_onnx(
     model: EfficientPose,
     path: str | Path,
@@ -49,30 +79,9 @@ def export_onnx(
 
     ``weights`` says what the weights are ("trained", "random-init", ...) and travels in the metadata.
     """
-    path = Path(path)
     model = model.eval()
     dummy = torch.zeros(2, 3, input_size[1], input_size[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    for key, value in model_metadata(model, input_size, weights, version).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "effpose"
-    proto.producer_version = __version__
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
-    return path
+    return save_onnx(model, dummy, path, INPUT_NAME, OUTPUT_NAME, model_metadata(model, input_size, weights, version))
 
 
 @torch.no_grad()

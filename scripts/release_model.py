@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,16 +23,9 @@ from effpose import __version__
 from effpose.assets import ASSETS_DIR
 from effpose.evaluation import evaluate, load_estimator
 from effpose.export import check_parity, export_onnx
+from effpose.machine import cpu_model
 from effpose.model import load_checkpoint, measure_complexity
 from effpose.training.config import TrainConfig
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's processor string)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def evaluate_shipped(onnx_path: Path, config: TrainConfig) -> dict[str, dict[str, float]]:

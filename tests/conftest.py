@@ -30,8 +30,9 @@ def coco_val_person(data_dir: Path) -> tuple[Path, list[float]]:
     return data_dir / "coco" / "images" / image["file_name"], [x, y, x + w, y + h]
 
 
-def randomize(model):  # noqa: ANN001, ANN201 - torch types stay out of this module's import
-    """Give a freshly built model random BN affine parameters and O(1), input-dependent outputs.
+def randomize(model, input_size: tuple[int, int] = (192, 256)):  # noqa: ANN001, ANN201 - torch types stay out of this module's import
+    """Give a freshly built model (pose or person detector) random BN affine parameters and O(1), input-dependent
+    outputs at ``input_size`` (width, height).
 
     BN statistics are then measured on random inputs (precise BN): statistics that do not match the activations
     would normalise the signal away and leave an output that ignores the image, which parity checks cannot test.
@@ -49,8 +50,13 @@ def randomize(model):  # noqa: ANN001, ANN201 - torch types stay out of this mod
                 module.bias.uniform_(-0.1, 0.1, generator=generator)
             elif isinstance(module, nn.ConvTranspose2d):
                 module.weight.normal_(0.0, 0.05, generator=generator)
-        model.predictor.weight.normal_(0.0, 0.2, generator=generator)
-    batches = [{"image": torch.randn(4, 3, 256, 192, generator=generator)} for _ in range(2)]
+        # the pose predictor, or the person detector's three prediction layers
+        outputs = [model.predictor] if hasattr(model, "predictor") else [model.heatmap[-1], model.size[-1],
+                                                                         model.offset[-1]]
+        for layer in outputs:
+            layer.weight.normal_(0.0, 0.2, generator=generator)
+    width, height = input_size
+    batches = [{"image": torch.randn(4, 3, height, width, generator=generator)} for _ in range(2)]
     precise_bn(model, batches, len(batches), torch.device("cpu"))
     return model.eval()
 

@@ -2,11 +2,12 @@
 
 from effpose.model.blocks import InvertedResidual, build_op
 from effpose.model.complexity import Complexity, measure_complexity
-from effpose.model.network import EfficientPose, build_model, load_checkpoint, save_checkpoint
+from effpose.model.network import EfficientPose, GenotypeTrunk, build_model, load_checkpoint, save_checkpoint
 
 __all__ = [
     "Complexity",
     "EfficientPose",
+    "GenotypeTrunk",
     "InvertedResidual",
     "build_model",
     "build_op",

@@ -1,4 +1,7 @@
-"""EfficientPose: fixed stem + searched backbone + slim transposed-conv head + SIC + 1x1 prediction."""
+"""EfficientPose: fixed stem + searched backbone + slim transposed-conv head + SIC + 1x1 prediction.
+
+The trunk (stem, backbone, head) is :class:`GenotypeTrunk`, which the person detector reuses.
+"""
 
 from __future__ import annotations
 
@@ -24,20 +27,19 @@ def _upsample(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class EfficientPose(nn.Module):
-    """Top-down pose network: image crop (N, 3, H, W) -> heatmaps (N, J, H/4, W/4).
+class GenotypeTrunk(nn.Module):
+    """Fixed stem + genotype backbone (output stride 16) + slim transposed-conv head (output stride 4).
 
-    ``sic`` toggles the spatial information correction (depthwise 3x3 + ReLU before the prediction), so that
-    the no-SIC ablation is the same class.
+    The trunk that EfficientPose and the person detector (``effpose.detection``) share: subclasses add their
+    prediction layers, call :meth:`_init_weights` once everything is built, and describe themselves in
+    :meth:`config`. Submodule names (``stem``, ``backbone``, ``head``) are the state-dict prefixes.
     """
 
-    def __init__(self, genotype: Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool = True):
+    def __init__(self, genotype: Genotype):
         super().__init__()
         if genotype.output_stride != 16:
             raise ValueError(f"genotype {genotype.name!r} has output stride {genotype.output_stride}, the head needs 16")
         self.genotype = genotype
-        self.num_joints = num_joints
-        self.sic_enabled = sic
         self.stem = nn.Sequential(
             ConvBNReLU(3, STEM_WIDTH, 3, 2),
             ConvBNReLU(STEM_WIDTH, STEM_WIDTH, 3, 1, groups=STEM_WIDTH),
@@ -52,15 +54,18 @@ class EfficientPose(nn.Module):
             cin = stage.channels
         self.backbone = nn.Sequential(*stages)
         self.head = nn.Sequential(_upsample(cin, HEAD_CHANNELS[0]), _upsample(*HEAD_CHANNELS))
-        width = HEAD_CHANNELS[-1]
-        self.sic = (
-            nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.ReLU(inplace=True))
-            if sic else nn.Identity()
-        )
-        self.predictor = nn.Conv2d(width, num_joints, 1)
-        self._init_weights()
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the stride-4 features (:meth:`features`)."""
+        return HEAD_CHANNELS[-1]
+
+    def features(self, x: Tensor) -> Tensor:
+        """Stride-4 features (N, 32, H/4, W/4) of an input (N, 3, H, W)."""
+        return self.head(self.backbone(self.stem(x)))
 
     def _init_weights(self) -> None:
+        """Kaiming (fan-out) convs, N(0, 0.001) transposed convs, unit BN: over every module built so far."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -69,15 +74,39 @@ class EfficientPose(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this network (stored in checkpoints)."""
+        return {"genotype": self.genotype.to_dict()}
+
+
+class EfficientPose(GenotypeTrunk):
+    """Top-down pose network: image crop (N, 3, H, W) -> heatmaps (N, J, H/4, W/4).
+
+    ``sic`` toggles the spatial information correction (depthwise 3x3 + ReLU before the prediction), so that
+    the no-SIC ablation is the same class.
+    """
+
+    def __init__(self, genotype: Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool = True):
+        super().__init__(genotype)
+        self.num_joints = num_joints
+        self.sic_enabled = sic
+        width = self.feature_channels
+        self.sic = (
+            nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.ReLU(inplace=True))
+            if sic else nn.Identity()
+        )
+        self.predictor = nn.Conv2d(width, num_joints, 1)
+        self._init_weights()
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.predictor(self.sic(self.head(self.backbone(self.stem(x)))))
+        return self.predictor(self.sic(self.features(x)))
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in checkpoints)."""
-        return {"genotype": self.genotype.to_dict(), "num_joints": self.num_joints, "sic": self.sic_enabled}
+        return {**super().config(), "num_joints": self.num_joints, "sic": self.sic_enabled}
 
 
 def build_model(arch: str | Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool = True) -> EfficientPose:
@@ -86,7 +115,7 @@ def build_model(arch: str | Genotype, num_joints: int = NUM_KEYPOINTS, sic: bool
     return EfficientPose(genotype, num_joints=num_joints, sic=sic)
 
 
-def save_checkpoint(model: EfficientPose, path: str | Path, **extra: Any) -> None:
+def save_checkpoint(model: GenotypeTrunk, path: str | Path, **extra: Any) -> None:
     """Save weights together with the network config, so that :func:`load_checkpoint` needs nothing else."""
     torch.save({"config": model.config(), "state_dict": model.state_dict(), **extra}, path)
 

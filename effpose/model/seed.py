@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from effpose.model.blocks import InvertedResidual
-from effpose.model.network import EfficientPose
+from effpose.model.network import GenotypeTrunk
 
 # Block indices of EfficientNet-Lite0's seven stages (strides 2, 1, 2, 2, 2, 1, 2 after the s2 stem).
 LITE0_STAGE_BLOCKS: tuple[tuple[int, ...], ...] = ((0,), (1, 2), (3, 4), (5, 6, 7), (8, 9, 10), (11, 12, 13, 14), (15,))
@@ -78,8 +78,8 @@ def _copy_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, state: dict[str, Tensor],
 
 
 @torch.no_grad()
-def remap_lite0(model: EfficientPose, state: dict[str, Tensor] | None = None) -> RemapReport:
-    """Initialise ``model``'s stem and backbone from EfficientNet-Lite0 ImageNet weights, in place."""
+def remap_lite0(model: GenotypeTrunk, state: dict[str, Tensor] | None = None) -> RemapReport:
+    """Initialise the stem and backbone of ``model`` (EfficientPose or the detector) from EfficientNet-Lite0, in place."""
     state = load_lite0_state() if state is None else state
     if len(model.genotype.stages) > len(LITE0_STAGE_BLOCKS) - 1:
         raise ValueError(f"genotype {model.genotype.name!r} has more stages than the seed can fill")

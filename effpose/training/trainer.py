@@ -1,8 +1,10 @@
 """The training loop: single process or DistributedDataParallel under ``torchrun``, checkpoints, resume.
 
-Rank 0 validates after every epoch by exporting the weights to ONNX and evaluating them with the same
-ONNX Runtime path the service uses, keeps ``last.pt`` (for ``--resume``) and ``best.pt`` (by the configured
-validation metric), and appends one JSON line per epoch to ``metrics.jsonl``.
+:class:`TrainingLoop` is the task-independent part (process setup, optimiser, lr schedule, epochs,
+checkpoints, metrics); :class:`Trainer` is the pose task on top of it, and ``effpose.detection.trainer``
+the person detector. Rank 0 validates after every epoch by exporting the weights to ONNX and evaluating them
+with the same ONNX Runtime path the service uses, keeps ``last.pt`` (for ``--resume``) and ``best.pt`` (by the
+configured validation metric), and appends one JSON line per epoch to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,12 +31,38 @@ from effpose.data import load_person_records
 from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset
 from effpose.evaluation import evaluate
 from effpose.evaluation.runner import estimator_for_model
-from effpose.model import EfficientPose, build_model, save_checkpoint
+from effpose.model import EfficientPose, GenotypeTrunk, build_model, save_checkpoint
 from effpose.model.seed import remap_lite0
 from effpose.training.config import TrainConfig
 from effpose.training.loss import JointsMSELoss
 
 log = logging.getLogger("effpose.train")
+
+
+class RunSettings(Protocol):
+    """What the shared loop reads from a run's config (:class:`TrainConfig`, the detector's config)."""
+
+    epochs: int
+    samples_per_epoch: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    schedule: str
+    lr_steps: list[int]
+    warmup_steps: int
+    select_metric: str
+    workers: int
+    amp: bool
+    channels_last: bool
+    seed: int
+    max_steps_per_epoch: int
+    out_dir: str
+
+    def validate(self) -> None:
+        """Raise on settings that cannot work."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (saved as config.json and in checkpoints)."""
 
 
 @dataclass
@@ -73,25 +101,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_network(config: TrainConfig) -> EfficientPose:
-    """The network of the config, from scratch or with the EfficientNet-Lite0 FNA remap."""
-    model = build_model(config.arch, sic=config.sic)
-    if config.init_checkpoint:
-        state = torch.load(config.init_checkpoint, map_location="cpu", weights_only=False)
+def initialise(model: GenotypeTrunk, init: str, init_checkpoint: str = "") -> None:
+    """Start ``model`` from a checkpoint's weights, the EfficientNet-Lite0 FNA remap (``init="lite0"``) or as built."""
+    if init_checkpoint:
+        state = torch.load(init_checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["state_dict"])
-        log.info("initialised from %s", config.init_checkpoint)
-    elif config.init == "lite0":
+        log.info("initialised from %s", init_checkpoint)
+    elif init == "lite0":
         report = remap_lite0(model)
         log.info("FNA remap of EfficientNet-Lite0: %d tensors, %.0f%% of values", report.tensors_copied,
                  100 * report.fraction)
+
+
+def build_network(config: TrainConfig) -> EfficientPose:
+    """The network of the config, from scratch or with the EfficientNet-Lite0 FNA remap."""
+    model = build_model(config.arch, sic=config.sic)
+    initialise(model, config.init, config.init_checkpoint)
     return model
 
 
 def build_train_data(config: TrainConfig, env: Environment, augment: bool = True) -> tuple[ConcatDataset, MixedSampler]:
-    """All training sources, and a sampler mixing them by their ratios.
-
-    Under DDP every rank draws its own share of the epoch's samples with its own seed.
-    """
+    """All training sources, and a sampler mixing them by their ratios (:func:`mixed_sampler`)."""
     datasets = []
     for source in config.train:
         annotations, images = source.paths()
@@ -100,12 +130,19 @@ def build_train_data(config: TrainConfig, env: Environment, augment: bool = True
                                        augment=AugmentConfig() if augment else AugmentConfig.none(),
                                        pseudo_weight=config.pseudo_weight))
     data = ConcatDataset(datasets)
+    return data, mixed_sampler(data, [s.ratio for s in config.train], config, env)
+
+
+def mixed_sampler(data: ConcatDataset, ratios: list[float], config: RunSettings, env: Environment) -> MixedSampler:
+    """Draws ``config.samples_per_epoch`` (default: all) indices per epoch from ``data``'s parts in ``ratios``.
+
+    Under DDP every rank draws its own share of the epoch's samples with its own seed.
+    """
     per_rank = (config.samples_per_epoch or len(data)) // env.world_size
-    sampler = MixedSampler(data, [s.ratio for s in config.train], per_rank, seed=config.seed + 1000 * env.rank)
-    return data, sampler
+    return MixedSampler(data, ratios, per_rank, seed=config.seed + 1000 * env.rank)
 
 
-def learning_rate(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+def learning_rate(config: RunSettings, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then step decay (x0.1 at each of ``lr_steps``) or cosine decay to 1% of the base."""
     global_step = epoch * steps_per_epoch + step
     warmup = min(1.0, (global_step + 1) / max(config.warmup_steps, 1))
@@ -151,35 +188,56 @@ def validate(model: EfficientPose, config: TrainConfig) -> dict[str, float]:
     return metrics
 
 
-class Trainer:
-    """Owns the model, optimiser, data and checkpoints of one run."""
+class TrainingLoop:
+    """Owns the model, optimiser, data and checkpoints of one run; the task fills in the hooks.
 
-    def __init__(self, config: TrainConfig, env: Environment):
+    Subclasses implement :meth:`build_model`, :meth:`build_loader`, :meth:`compute_loss` and :meth:`validate`
+    (and may replace :meth:`build_optimizer`). Batches are dicts with an ``"image"`` tensor, the network input.
+    """
+
+    def __init__(self, config: RunSettings, env: Environment):
         config.validate()
         self.config, self.env = config, env
         self.out_dir = Path(config.out_dir)
         seed_everything(config.seed + env.rank)
-        self.model = build_network(config).to(env.device)
+        self.model = self.build_model().to(env.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.network: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
             if env.world_size > 1 else self.model
         )
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = self.build_optimizer()
         self.use_amp = config.amp and env.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.criterion = JointsMSELoss()
-        data, self.sampler = build_train_data(config, env, augment=config.augment)
-        self.loader = DataLoader(data, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=config.workers, persistent_workers=config.workers > 0,
-                                 pin_memory=env.device.type == "cuda")
-        self.plain_loader: DataLoader | None = None
-        if config.precise_bn_batches:
-            plain, plain_sampler = build_train_data(config, env, augment=False)
-            self.plain_loader = DataLoader(plain, batch_size=config.batch_size, sampler=plain_sampler,
-                                           num_workers=min(config.workers, 1))
+        self.loader, self.sampler = self.build_loader()
         self.start_epoch, self.best, self.history = 0, -math.inf, []
+
+    def build_model(self) -> GenotypeTrunk:
+        """The network, initialised (called once, before it moves to the device)."""
+        raise NotImplementedError
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam with L2 weight decay on every parameter (the pose recipe)."""
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def build_loader(self) -> tuple[DataLoader, MixedSampler]:
+        """The training loader and its sampler (``set_epoch`` is called before every epoch)."""
+        raise NotImplementedError
+
+    def make_loader(self, data: ConcatDataset, sampler: MixedSampler) -> DataLoader:
+        """The training DataLoader of ``data`` drawn by ``sampler``: full batches, persistent workers."""
+        return DataLoader(data, batch_size=self.config.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.config.workers, persistent_workers=self.config.workers > 0,
+                          pin_memory=self.env.device.type == "cuda")
+
+    def compute_loss(self, output: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss of one batch: ``"loss"`` (optimised) and, optionally, its parts (logged as ``loss_<part>``)."""
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics of the current weights (rank 0 only, after every epoch)."""
+        raise NotImplementedError
 
     def resume(self, path: str | Path) -> None:
         """Continue from a ``last.pt`` written by this trainer."""
@@ -190,14 +248,15 @@ class Trainer:
         self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
         log.info("resumed from %s at epoch %d (best %.4f)", path, self.start_epoch, self.best)
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the epoch's samples; returns mean loss, last lr and throughput."""
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the epoch's samples; returns mean loss (and parts), last lr and throughput."""
         self.network.train()
         self.sampler.set_epoch(epoch)
         steps = len(self.loader)
         if self.config.max_steps_per_epoch:
             steps = min(steps, self.config.max_steps_per_epoch)
-        losses, samples, started = [], 0, time.perf_counter()
+        losses: dict[str, list[float]] = {}
+        samples, started = 0, time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not self.env.is_main, dynamic_ncols=True)
         for step, batch in enumerate(self.loader):
             if step >= steps:
@@ -205,30 +264,29 @@ class Trainer:
             lr = learning_rate(self.config, epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = self.train_step(batch)
-            losses.append(loss)
+            for name, value in self.train_step(batch).items():
+                losses.setdefault(name, []).append(value)
             samples += len(batch["image"]) * self.env.world_size
-            bar.set_postfix(loss=f"{loss:.6f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{losses['loss'][-1]:.6f}", lr=f"{lr:.2e}")
             bar.update()
         bar.close()
         elapsed = time.perf_counter() - started
-        return {"loss": float(np.mean(losses)), "losses": losses, "lr": lr, "samples_per_s": samples / elapsed,
-                "train_seconds": elapsed}
+        parts = {f"loss_{name}": float(np.mean(values)) for name, values in losses.items() if name != "loss"}
+        return {"loss": float(np.mean(losses["loss"])), **parts, "losses": losses["loss"], "lr": lr,
+                "samples_per_s": samples / elapsed, "train_seconds": elapsed}
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
-        """Forward, weighted MSE, backward, optimiser step; returns the loss."""
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Forward, loss, backward, optimiser step; returns the loss and its parts."""
         memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
         images = batch["image"].to(self.env.device, non_blocking=True).contiguous(memory_format=memory)
-        target = batch["target"].to(self.env.device, non_blocking=True)
-        weight = batch["target_weight"].to(self.env.device, non_blocking=True)
         with torch.autocast(self.env.device.type, dtype=torch.float16, enabled=self.use_amp):
             output = self.network(images)
-        loss = self.criterion(output.float(), target, weight)
+        losses = self.compute_loss(output, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return float(loss.detach())
+        return {name: float(value.detach()) for name, value in losses.items()}
 
     def save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
         """Write last.pt (everything needed to resume) and, when improved, best.pt (weights + metrics)."""
@@ -252,9 +310,7 @@ class Trainer:
             losses = stats.pop("losses")
             if self.env.is_main:
                 started = time.perf_counter()
-                if self.plain_loader is not None:
-                    precise_bn(self.model, self.plain_loader, self.config.precise_bn_batches, self.env.device)
-                metrics = validate(self.model, self.config) if self.config.val else {}
+                metrics = self.validate()
                 record = {"epoch": epoch, **stats, **metrics, "val_seconds": time.perf_counter() - started,
                           "first_loss": losses[0], "last_loss": losses[-1], "time": time.time()}
                 score = metrics.get(self.config.select_metric, -stats["loss"])
@@ -271,14 +327,56 @@ class Trainer:
         return self.history
 
 
-def run_training(config: TrainConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
-    """Entry point of ``effpose train``: set up the process, train, tear down."""
+class Trainer(TrainingLoop):
+    """Top-down pose training: weighted heatmap MSE, optional precise BN, ONNX validation (AP, PCK)."""
+
+    config: TrainConfig
+
+    def __init__(self, config: TrainConfig, env: Environment):
+        self.criterion = JointsMSELoss()
+        super().__init__(config, env)
+        self.plain_loader: DataLoader | None = None
+        if config.precise_bn_batches:
+            plain, plain_sampler = build_train_data(config, env, augment=False)
+            self.plain_loader = DataLoader(plain, batch_size=config.batch_size, sampler=plain_sampler,
+                                           num_workers=min(config.workers, 1))
+
+    def build_model(self) -> EfficientPose:
+        """The config's network (see :func:`build_network`)."""
+        return build_network(self.config)
+
+    def build_loader(self) -> tuple[DataLoader, MixedSampler]:
+        """All training sources mixed by their ratios."""
+        data, sampler = build_train_data(self.config, self.env, augment=self.config.augment)
+        return self.make_loader(data, sampler), sampler
+
+    def compute_loss(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weighted heatmap MSE."""
+        target = batch["target"].to(self.env.device, non_blocking=True)
+        weight = batch["target_weight"].to(self.env.device, non_blocking=True)
+        return {"loss": self.criterion(output.float(), target, weight)}
+
+    def validate(self) -> dict[str, float]:
+        """Precise BN when configured, then AP and PCK on every validation source."""
+        if self.plain_loader is not None:
+            precise_bn(self.model, self.plain_loader, self.config.precise_bn_batches, self.env.device)
+        return validate(self.model, self.config) if self.config.val else {}
+
+
+def run_loop(trainer_class: type[TrainingLoop], config: RunSettings,
+             resume: str | Path | None = None) -> list[dict[str, Any]]:
+    """Set up the process (torchrun-aware), train ``trainer_class`` on ``config``, tear down."""
     env = setup_environment()
     try:
-        trainer = Trainer(config, env)
+        trainer = trainer_class(config, env)
         if resume is not None:
             trainer.resume(resume)
         return trainer.fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_training(config: TrainConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
+    """Entry point of ``effpose train``."""
+    return run_loop(Trainer, config, resume)

@@ -1,0 +1,129 @@
+"""The detector's training configuration (JSON file, overridable from the command line).
+
+Path convention: a source's ``annotations`` and ``images`` are shared data, relative to the data root
+(``$EFFPOSE_DATA``, default ../shared/data), like the pose configs; a ``teacher`` results file is the output of
+one of our own runs, relative to the working directory (e.g. ``runs/pseudo/coco_train_yolox.json`` from the
+repository root). Absolute paths are used as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from effpose.detection.augment import DetectionAugment
+from effpose.training.config import DataSource
+
+BOX_KINDS: tuple[str, ...] = ("gt", "teacher", "merged")
+
+
+@dataclass
+class DetectionSource(DataSource):
+    """Images listed in a COCO-format file, with person boxes of one kind.
+
+    ``boxes``: ``"gt"`` every non-crowd person annotation of the file; ``"teacher"`` the detections of a teacher
+    (``teacher``: COCO results JSON, category 1) with score >= ``teacher_threshold``; ``"merged"`` the GT boxes
+    plus every teacher box whose IoU with all of them is <= ``merge_iou`` (people the annotation left out).
+    """
+
+    boxes: Literal["gt", "teacher", "merged"] = "gt"
+    teacher: str = ""
+    teacher_threshold: float = 0.5
+    merge_iou: float = 0.5
+
+    def teacher_path(self) -> Path:
+        """The teacher results file (relative paths are relative to the working directory)."""
+        return Path(self.teacher)
+
+    def check(self) -> None:
+        """Fail early on a wrong box kind, a missing file or a teacher file the kind does not use."""
+        if self.boxes not in BOX_KINDS:
+            raise ValueError(f"source {self.name!r}: boxes must be one of {BOX_KINDS}, got {self.boxes!r}")
+        if (self.boxes == "gt") == bool(self.teacher):
+            raise ValueError(f"source {self.name!r}: boxes={self.boxes!r} "
+                             f"{'takes no' if self.boxes == 'gt' else 'needs a'} teacher results file")
+        if not 0.0 <= self.teacher_threshold <= 1.0 or not 0.0 <= self.merge_iou <= 1.0:
+            raise ValueError(f"source {self.name!r}: teacher_threshold and merge_iou must lie in [0, 1]")
+        paths = [*self.paths(), *([self.teacher_path()] if self.teacher else [])]
+        for path in paths:
+            if not path.exists():
+                raise FileNotFoundError(f"data source {self.name!r}: {path} not found")
+
+
+@dataclass
+class DetectorConfig:
+    """Everything one detector training run depends on; saved next to its checkpoints.
+
+    ``input_size`` is the square input side S. ``val`` sources are scored with their GT person boxes
+    (COCO box AP through the exported ONNX). Shared loop settings mean what they mean in the pose config.
+    """
+
+    arch: str = "A"  # genotype of the trunk: A, B, C, mbv2 or a genotype JSON
+    input_size: int = 320
+    max_detections: int = 100
+    train: list[DetectionSource] = field(default_factory=list)
+    val: list[DataSource] = field(default_factory=list)
+    init: Literal["scratch", "lite0"] = "lite0"
+    init_checkpoint: str = ""
+    epochs: int = 30
+    samples_per_epoch: int = 0  # 0: the number of training images
+    batch_size: int = 16  # per process
+    lr: float = 2e-3
+    weight_decay: float = 1e-2  # AdamW (decoupled), on conv weights only
+    schedule: Literal["step", "cosine"] = "cosine"
+    lr_steps: list[int] = field(default_factory=list)
+    warmup_steps: int = 200
+    heatmap_weight: float = 1.0
+    size_weight: float = 1.0
+    offset_weight: float = 1.0
+    augment: DetectionAugment = field(default_factory=DetectionAugment)
+    select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' box AP, or "<val name>/AP"
+    workers: int = 1
+    amp: bool = True  # mixed precision, only used on CUDA
+    channels_last: bool = True
+    seed: int = 0
+    max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)
+    out_dir: str = "runs/person_detector"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Build from a JSON object, rejecting unknown keys (also inside ``augment`` and the sources)."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown detector config keys: {sorted(unknown)}")
+        data = dict(data)
+        data["train"] = [DetectionSource(**source) for source in data.get("train", [])]
+        data["val"] = [DataSource(**source) for source in data.get("val", [])]
+        augment = dict(data.get("augment", {}))
+        if "scale_range" in augment:
+            augment["scale_range"] = tuple(augment["scale_range"])
+        data["augment"] = DetectionAugment(**augment)
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> DetectorConfig:
+        """Read a JSON config file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    def validate(self) -> None:
+        """Fail early with a clear message on settings that cannot work."""
+        if not self.train:
+            raise ValueError("the config has no training data sources")
+        for source in self.train:
+            source.check()
+        for source in self.val:
+            for path in source.paths():
+                if not path.exists():
+                    raise FileNotFoundError(f"validation source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
+        if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("batch_size, epochs and lr must be positive")
+        if self.input_size <= 0 or self.input_size % 32:
+            raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
+        if (self.input_size // 4) ** 2 < self.max_detections:
+            raise ValueError(f"input size {self.input_size} has fewer stride-4 cells than max_detections")

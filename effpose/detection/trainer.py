@@ -1,0 +1,100 @@
+"""Detector training (``effpose train-detector``): the shared training loop with the detector's model, data and loss.
+
+Validation exports the current weights to ONNX and scores them with the service's detector adapter
+(``effpose.detectors.OnnxYoloDetector``, which applies NMS) and ``effpose.evaluation.detection`` (COCO person box
+AP / AP50 / AR with pycocotools) on each validation source's GT person boxes: what is validated is what ships.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from effpose.data.dataset import MixedSampler
+from effpose.detection.config import DetectorConfig
+from effpose.detection.data import DetectionDataset, load_source
+from effpose.detection.export import export_detector
+from effpose.detection.loss import CenterNetLoss
+from effpose.detection.model import CenterNetDetector, DetectorOutput, build_detector
+from effpose.training.trainer import Environment, TrainingLoop, initialise, log, mixed_sampler, run_loop
+
+VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups for AdamW: convolution weights decay, BN parameters and biases do not."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def validate_detector(model: CenterNetDetector, config: DetectorConfig) -> dict[str, float]:
+    """Box AP / AP50 / AR of the current weights on every validation source (GT boxes), through ONNX Runtime."""
+    from effpose.detectors import OnnxYoloDetector
+    from effpose.evaluation.detection import evaluate_detector
+
+    with tempfile.TemporaryDirectory(prefix="effpose-det-") as folder:
+        path = export_detector(model.eval(), Path(folder) / "detector.onnx", config.input_size, weights="trained",
+                               version="in-training")
+        detector = OnnxYoloDetector(path)
+    metrics: dict[str, float] = {}
+    for source in config.val:
+        annotations, images = source.paths()
+        report = evaluate_detector(detector, annotations, images)
+        metrics.update({f"{source.name}/{name}": report[name] for name in VAL_METRICS})
+    if config.val:
+        metrics["mean_AP"] = float(np.mean([metrics[f"{s.name}/AP"] for s in config.val]))
+    return metrics
+
+
+class DetectorTrainer(TrainingLoop):
+    """CenterNet training of the person detector; AdamW without decay on BN and biases."""
+
+    config: DetectorConfig
+
+    def __init__(self, config: DetectorConfig, env: Environment):
+        self.criterion = CenterNetLoss(config.heatmap_weight, config.size_weight, config.offset_weight)
+        super().__init__(config, env)
+
+    def build_model(self) -> CenterNetDetector:
+        """The detector on the config's genotype, from the FNA ImageNet seed, a checkpoint or scratch."""
+        model = build_detector(self.config.arch, self.config.max_detections)
+        initialise(model, self.config.init, self.config.init_checkpoint)
+        return model
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (see :func:`decay_groups`)."""
+        return torch.optim.AdamW(decay_groups(self.model, self.config.weight_decay), lr=self.config.lr)
+
+    def build_loader(self) -> tuple[DataLoader, MixedSampler]:
+        """Every training source's images, mixed by their ratios."""
+        datasets = []
+        for source in self.config.train:
+            records = load_source(source)
+            if not records:
+                raise ValueError(f"source {source.name!r} has no image with a person box")
+            log.info("source %s: %d images, %d boxes", source.name, len(records), sum(len(r.boxes) for r in records))
+            datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment))
+        data = ConcatDataset(datasets)
+        sampler = mixed_sampler(data, [s.ratio for s in self.config.train], self.config, self.env)
+        return self.make_loader(data, sampler), sampler
+
+    def compute_loss(self, output: DetectorOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Focal heatmap loss + L1 on log size and offset (see :class:`CenterNetLoss`)."""
+        targets = {name: batch[name].to(self.env.device, non_blocking=True)
+                   for name in ("heatmap", "size", "offset", "mask")}
+        return self.criterion(output, targets)
+
+    def validate(self) -> dict[str, float]:
+        """Box AP through the exported ONNX (see :func:`validate_detector`)."""
+        return validate_detector(self.model, self.config) if self.config.val else {}
+
+
+def run_detector_training(config: DetectorConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
+    """Entry point of ``effpose train-detector`` (also under torchrun)."""
+    return run_loop(DetectorTrainer, config, resume)

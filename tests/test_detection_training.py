@@ -1,0 +1,213 @@
+"""The person detector's torch side: target encoding and in-graph decoding, loss, augmentation geometry, box
+sources, ONNX export parity with the service adapter, and a smoke `effpose train-detector` run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from effpose.detection.augment import DetectionAugment, Placement, compose, letterbox_placement, random_placement
+from effpose.detection.config import DetectionSource, DetectorConfig
+from effpose.detection.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
+from effpose.detection.export import check_detector_parity, export_detector
+from effpose.detection.loss import CenterNetLoss, focal_loss
+from effpose.detection.model import DetectorOutput, build_detector, decode_detections
+from effpose.detection.targets import encode_targets
+from effpose.detectors import OnnxYoloDetector
+from effpose.detectors.onnx_yolo import preprocess
+
+EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
+
+
+def perfect_output(targets: dict[str, np.ndarray]) -> DetectorOutput:
+    """Head outputs that match ``targets`` exactly: logit +20 at box centres, the Gaussian's logit elsewhere."""
+    heat = np.clip(targets["heatmap"], 1e-6, 1 - 1e-6)
+    logits = np.where(targets["heatmap"] == 1, 20.0, np.log(heat / (1 - heat)))
+    return DetectorOutput(*(torch.from_numpy(np.asarray(a, np.float32))[None]
+                            for a in (logits, targets["size"], targets["offset"])))
+
+
+def test_encoded_targets_decode_back_to_the_boxes() -> None:
+    boxes = np.array([[10.5, 20.0, 70.25, 126.0], [100.0, 8.0, 124.0, 60.0], [30.0, 90.0, 46.0, 122.0]])
+    targets = encode_targets(boxes, canvas=128)
+    assert targets["mask"].sum() == 3 and targets["heatmap"].max() == 1.0
+    detections = decode_detections(perfect_output(targets), k=5, input_size=128)[0].numpy()
+    assert detections.shape == (5, 5)
+    found = detections[detections[:, 4] > 0.99]
+    assert len(found) == 3 and np.all(np.diff(detections[:, 4]) <= 0)  # sorted by score
+    order = np.lexsort((found[:, 1], found[:, 0]))
+    np.testing.assert_allclose(found[order, :4], boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))], atol=1e-3)
+
+
+def test_decoded_boxes_are_clipped_to_the_input() -> None:
+    targets = encode_targets(np.array([[40.0, 40.0, 56.0, 56.0]]), canvas=64)
+    output = perfect_output(targets)
+    size = output.size.clone()
+    size[:, :, 12, 12] = np.log(200 / 4)  # a box far larger than the input
+    detections = decode_detections(DetectorOutput(output.heatmap, size, output.offset), k=1, input_size=64)[0]
+    assert detections[0, :4].tolist() == [0.0, 0.0, 64.0, 64.0]
+
+
+def test_focal_loss_rewards_the_right_heatmap() -> None:
+    target = torch.from_numpy(encode_targets(np.array([[8.0, 8.0, 40.0, 48.0]]), canvas=64)["heatmap"])[None]
+    heat = target.clamp(1e-4, 1 - 1e-4)
+    right = torch.where(target == 1, torch.tensor(12.0), torch.log(heat / (1 - heat)) - 8)
+    assert focal_loss(right, target) < 1e-3
+    assert focal_loss(torch.zeros_like(target), target) > 0.5
+    assert focal_loss(-right, target) > focal_loss(torch.zeros_like(target), target)
+    parts = CenterNetLoss(size_weight=2.0)(DetectorOutput(right, torch.zeros(1, 2, 16, 16), torch.zeros(1, 2, 16, 16)),
+                                           {k: torch.from_numpy(v)[None] for k, v in
+                                            encode_targets(np.array([[8.0, 8.0, 40.0, 48.0]]), 64).items()})
+    assert parts["loss"] == pytest.approx(float(parts["heatmap"] + 2 * parts["size"] + parts["offset"]))
+
+
+def test_plain_canvas_is_the_inference_letterbox(tmp_path: Path) -> None:
+    import cv2
+
+    image = np.random.default_rng(0).integers(0, 255, (90, 150, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    box = np.array([[30.0, 10.0, 90.0, 80.0]], np.float32)
+    item = DetectionDataset([ImageBoxes(tmp_path / "a.png", 1, box, "test")], input_size=96)[0]
+    expected, placement = preprocess(image, (96, 96), "effpose")
+    difference = np.abs(item["image"].numpy() - expected[0])
+    assert np.median(difference) < 1 / 255 and difference.max() < 0.1  # warpAffine vs resize: same geometry
+    scale = np.array([placement.scale_x, placement.scale_y] * 2)
+    canvas_box = box[0] * scale + np.array([placement.pad_x, placement.pad_y] * 2)
+    cell = np.floor((canvas_box[:2] + canvas_box[2:]) / 2 / 4).astype(int)
+    assert item["mask"][0, cell[1], cell[0]] == 1
+    np.testing.assert_allclose(np.exp(item["size"][:, cell[1], cell[0]].numpy()) * 4,
+                               canvas_box[2:] - canvas_box[:2], rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmented_boxes_follow_the_pixels(seed: int) -> None:
+    """A bright rectangle on a dark image: after random scale, shift, flip and mosaic tiling its canvas box is
+    where the bright pixels landed."""
+    image = np.full((120, 160, 3), 10, np.uint8)
+    image[30:90, 40:100] = 250
+    box = np.array([[40.0, 30.0, 100.0, 90.0]])
+    augment = DetectionAugment(scale_range=(0.6, 1.4), flip_prob=0.5, brightness=0.0, contrast=0.0, saturation=0.0,
+                               min_visible=0.0)
+    rng = np.random.default_rng(seed)
+    tile = (16, 8, 112, 100)
+    placement = random_placement((160, 120), tile, augment, rng)
+    canvas, boxes = compose([image], [box], [placement], 128, augment)
+    bright = np.argwhere(canvas[..., 0] > 130)
+    if len(boxes) == 0:
+        assert len(bright) < 4  # the rectangle fell (almost) outside the tile
+        return
+    (y1, x1), (y2, x2) = bright.min(0), bright.max(0) + 1
+    np.testing.assert_allclose(boxes[0], [x1, y1, x2, y2], atol=1.0)
+    assert tile[0] <= boxes[0, 0] and boxes[0, 2] <= tile[2] and tile[1] <= boxes[0, 1] and boxes[0, 3] <= tile[3]
+    outside = np.ones(canvas.shape[:2], bool)
+    outside[tile[1]:tile[3], tile[0]:tile[2]] = False
+    assert np.all(canvas[outside] == 114)  # nothing is drawn outside the tile
+
+
+def test_flip_mirrors_boxes() -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    augment = DetectionAugment.none()
+    plain = letterbox_placement((64, 64), 64)
+    flipped = Placement(plain.scale, plain.offset, plain.tile, flip=True)
+    _, boxes = compose([image], [np.array([[4.0, 8.0, 20.0, 40.0]])], [flipped], 64, augment)
+    np.testing.assert_allclose(boxes, [[44.0, 8.0, 60.0, 40.0]])
+
+
+def test_merge_keeps_only_teacher_boxes_the_annotation_missed() -> None:
+    gt = np.array([[0.0, 0.0, 10.0, 10.0]], np.float32)
+    teacher = np.array([[0.5, 0.0, 10.5, 10.0], [50.0, 50.0, 60.0, 70.0]], np.float32)
+    np.testing.assert_allclose(merge_boxes(gt, teacher, 0.5), [[0, 0, 10, 10], [50, 50, 60, 70]])
+    np.testing.assert_allclose(merge_boxes(np.zeros((0, 4), np.float32), teacher, 0.5), teacher)
+
+
+@pytest.fixture()
+def tiny_detection_data(tmp_path: Path, data_dir: Path) -> dict[str, Path]:
+    """Eight COCO train images with their person annotations, and a teacher file that adds one box to one."""
+    full = json.loads((data_dir / "coco" / "annotations" / "person_keypoints_train.json").read_text())
+    images = full["images"][:8]
+    ids = {image["id"] for image in images}
+    subset = {**full, "images": images, "annotations": [a for a in full["annotations"] if a["image_id"] in ids]}
+    (tmp_path / "tiny.json").write_text(json.dumps(subset))
+    teacher = [{"image_id": images[0]["id"], "category_id": 1, "bbox": [1, 1, 20, 40], "score": 0.9},
+               {"image_id": images[0]["id"], "category_id": 1, "bbox": [30, 1, 20, 40], "score": 0.2}]
+    (tmp_path / "teacher.json").write_text(json.dumps(teacher))
+    return {"annotations": tmp_path / "tiny.json", "images": data_dir / "coco" / "images",
+            "teacher": tmp_path / "teacher.json"}
+
+
+def test_box_sources_gt_teacher_merged(tiny_detection_data: dict[str, Path]) -> None:
+    paths = {"annotations": str(tiny_detection_data["annotations"]), "images": str(tiny_detection_data["images"])}
+    gt = load_source(DetectionSource(name="gt", **paths))
+    teacher = load_source(DetectionSource(name="t", boxes="teacher", teacher=str(tiny_detection_data["teacher"]),
+                                          **paths))
+    merged = load_source(DetectionSource(name="m", boxes="merged", teacher=str(tiny_detection_data["teacher"]),
+                                         teacher_threshold=0.5, **paths))
+    assert len(teacher) == 1 and len(teacher[0].boxes) == 1  # the 0.2 box is under the default threshold 0.5
+    assert sum(len(r.boxes) for r in merged) == sum(len(r.boxes) for r in gt) + 1
+    with pytest.raises(ValueError, match="needs a"):
+        DetectionSource(name="bad", boxes="teacher", **paths).check()
+
+
+def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        DetectorConfig.from_dict({"input_sise": 320})
+    with pytest.raises(ValueError, match="scale_range"):
+        DetectorConfig.from_dict({"augment": {"scale_range": [2.0, 1.0]}})
+    config = DetectorConfig.from_dict({"input_size": 300})
+    config.train = [DetectionSource(annotations=__file__, images=".", name="x")]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        config.validate()
+
+
+def test_export_parity_and_the_service_adapter(tmp_path: Path, randomized) -> None:
+    torch.manual_seed(0)
+    model = randomized(build_detector("A", max_detections=20), input_size=(128, 128))  # input-dependent peaks
+    path = export_detector(model, tmp_path / "det.onnx", input_size=128, weights="random")
+    assert check_detector_parity(model, path, input_size=128) <= 1e-3
+    detector = OnnxYoloDetector(path)
+    assert detector.layout == "effpose" and tuple(detector.input_size) == (128, 128)
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 255, (200, 300, 3), dtype=np.uint8) for _ in range(2))
+    detections = detector.detect(first, 0.0, 10)
+    assert 0 < len(detections) <= 10
+    assert all(0 <= d.box[0] <= d.box[2] <= 300 and 0 <= d.box[1] <= d.box[3] <= 200 for d in detections)
+    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+    assert detector.detect(second, 0.0, 10) != detections
+
+
+def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
+    tiny_detection_data: dict[str, Path], tmp_path: Path
+) -> None:
+    source = {"name": "tiny", "annotations": str(tiny_detection_data["annotations"]),
+              "images": str(tiny_detection_data["images"])}
+    config = {"arch": "A", "input_size": 128, "init": "scratch", "train": [source], "val": [source],
+              "epochs": 5, "samples_per_epoch": 16, "batch_size": 8, "lr": 0.003, "warmup_steps": 1,
+              "augment": {"scale_range": [1.0, 1.0], "flip_prob": 0.0, "mosaic_prob": 0.0, "brightness": 0.0,
+                          "contrast": 0.0, "saturation": 0.0},
+              "workers": 0, "out_dir": str(tmp_path / "run")}
+    (tmp_path / "det.json").write_text(json.dumps(config))
+    trained = subprocess.run([EFFPOSE, "train-detector", "--config", str(tmp_path / "det.json")],
+                             check=False, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(5))
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"], [h["loss"] for h in history]
+    assert all(0.0 <= h["tiny/AP"] <= 1.0 for h in history)
+
+    exported = subprocess.run([EFFPOSE, "export-detector", "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                               "--out", str(tmp_path / "det.onnx")], check=False, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads(exported.stdout)
+    assert report["input_size"] == [128, 128] and report["parity_max_abs_diff"] <= 1e-3
+    evaluated = subprocess.run([EFFPOSE, "eval-detector", "--model", str(tmp_path / "det.onnx"), "--annotations",
+                                source["annotations"], "--images", source["images"], "--json"],
+                               check=False, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert {"AP", "AP50", "AR"} <= set(json.loads(evaluated.stdout))
