@@ -202,7 +202,8 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
     assert all(0.0 <= h["tiny/AP"] <= 1.0 for h in history)
 
     exported = subprocess.run([EFFPOSE, "export-detector", "--checkpoint", str(tmp_path / "run" / "best.pt"),
-                               "--out", str(tmp_path / "det.onnx")], check=False, capture_output=True, text=True, timeout=300)
+                               "--out", str(tmp_path / "det.onnx")],
+                              check=False, capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr[-3000:]
     report = json.loads(exported.stdout)
     assert report["input_size"] == [128, 128] and report["parity_max_abs_diff"] <= 1e-3
