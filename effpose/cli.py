@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from effpose.evaluation.cli import add_detector_parsers, add_eval_parser
+from effpose.search.space import SEARCH_SPACES
 
 
 def parse_input_size(text: str) -> tuple[int, int]:
@@ -140,6 +141,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Cost-aware architecture search on a training config's data; works under torchrun."""
+    import logging
+
+    from effpose.search.searcher import SearchConfig, run_search
+    from effpose.training.config import TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    overrides = {"space": args.space, "cost": args.cost, "lut": args.lut, "target_cost": args.target_cost,
+                 "cost_lambda": args.cost_lambda, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
+                 "samples_per_epoch": args.samples_per_epoch, "batch_size": args.batch_size, "input_size": args.input,
+                 "lr": args.lr, "arch_lr": args.arch_lr, "init": args.init, "workers": args.workers,
+                 "max_steps_per_epoch": args.max_steps_per_epoch, "seed": args.seed, "out_dir": args.out_dir}
+    config = SearchConfig.from_training_config(TrainConfig.load(args.config),
+                                               **{key: value for key, value in overrides.items() if value is not None})
+    run_search(config, resume=args.resume)
+    return 0
+
+
+def cmd_build_lut(args: argparse.Namespace) -> int:
+    """Time every candidate op of a search space with ONNX Runtime and write the latency table."""
+    from effpose.search.cost import latency_table
+    from effpose.search.space import get_space
+
+    table = latency_table(get_space(args.space), args.input, threads=args.threads, providers=args.providers,
+                          reps=args.reps, warmup=args.warmup)
+    table.save(args.out)
+    searched = [cost for layer in table.layers for cost in layer.values() if cost > 0]
+    print(json.dumps({"out": str(args.out), "layers": len(table.layers), "fixed_ms": round(table.fixed, 4),
+                      "op_ms_min": round(min(searched), 4), "op_ms_max": round(max(searched), 4),
+                      "measured_with": table.measured_with}))
+    return 0
+
+
 def cmd_train_detector(args: argparse.Namespace) -> int:
     """Train the person detector from a JSON config, with command-line overrides; works under torchrun."""
     import logging
@@ -245,6 +280,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out-dir", help="checkpoints, config and metrics.jsonl go here")
     train.add_argument("--resume", type=Path, help="continue from a last.pt")
     train.set_defaults(func=cmd_train)
+
+    search = commands.add_parser("search", help="cost-aware architecture search (FNA); also under torchrun",
+                                 description="Search one op per layer of a search space on a training config's "
+                                 "data; writes genotype.json (for effpose train --genotype), alphas.json, "
+                                 "architecture.svg, metrics.jsonl and last.pt to --out-dir.")
+    search.add_argument("--space", choices=sorted(SEARCH_SPACES), help="A (EfficientPose-A layout, default) or large "
+                        "(B/C layout)")
+    search.add_argument("--cost", choices=("macs", "latency"), help="cost table: MACs (default) or a latency --lut")
+    search.add_argument("--lut", help="latency table from effpose build-lut (with --cost latency)")
+    search.add_argument("--target-cost", type=float, help="budget in the table's unit: no cost pressure below it")
+    search.add_argument("--lambda", dest="cost_lambda", type=float, help="weight of the log cost term")
+    search.add_argument("--config", type=Path, default=Path("configs/efficientpose_a_coco17.json"),
+                        help="training config whose data is searched on (sources, crop size, sigma, augmentation)")
+    search.add_argument("--input", type=parse_input_size, help="override: HEIGHTxWIDTH crop size")
+    search.add_argument("--epochs", type=int, help="all epochs, warm-up included")
+    search.add_argument("--warmup-epochs", type=int, help="epochs of uniform paths, no architecture updates")
+    search.add_argument("--samples-per-epoch", type=int, help="weight-step samples per epoch (default: all)")
+    search.add_argument("--batch-size", type=int, help="per process")
+    search.add_argument("--lr", type=float, help="weights' learning rate")
+    search.add_argument("--arch-lr", type=float, help="alphas' learning rate")
+    search.add_argument("--init", choices=("scratch", "lite0"), help="scratch (default) or FNA-remapped ImageNet seed")
+    search.add_argument("--workers", type=int, help="data loader processes per loader")
+    search.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    search.add_argument("--seed", type=int)
+    search.add_argument("--out-dir", help="outputs go here (default runs/search)")
+    search.add_argument("--resume", type=Path, help="continue from a last.pt")
+    search.set_defaults(func=cmd_search)
+
+    lut = commands.add_parser("build-lut", help="latency lookup table for effpose search --cost latency",
+                              description="Export every candidate op of a search space at its layer's shape to "
+                              "ONNX and time it with ONNX Runtime (batch 1, median of --reps runs).")
+    lut.add_argument("--space", choices=sorted(SEARCH_SPACES), default="A", help="the space to be searched")
+    lut.add_argument("--input", type=parse_input_size, default=(192, 256),
+                     help="HEIGHTxWIDTH, default 256x192: the search's crop size")
+    lut.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (the service's)")
+    lut.add_argument("--providers", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")
+    lut.add_argument("--reps", type=int, default=20, help="timed runs per op")
+    lut.add_argument("--warmup", type=int, default=5, help="untimed runs per op first")
+    lut.add_argument("--out", type=Path, required=True, help="the table (JSON) for effpose search --lut")
+    lut.set_defaults(func=cmd_build_lut)
 
     detector = commands.add_parser("train-detector", help="train the person detector (also under torchrun)")
     detector.add_argument("--config", type=Path, help="JSON detector config (configs/person_detector.json)")

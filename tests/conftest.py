@@ -30,6 +30,26 @@ def coco_val_person(data_dir: Path) -> tuple[Path, list[float]]:
     return data_dir / "coco" / "images" / image["file_name"], [x, y, x + w, y + h]
 
 
+@pytest.fixture()
+def tiny_config(tmp_path: Path, data_dir: Path) -> Path:
+    """A handful of real LSPet persons at a small input without augmentation: the net can memorise them fast."""
+    full = json.loads((data_dir / "lspet" / "annotations" / "lspet_val.json").read_text())
+    annotations = full["annotations"][:8]
+    ids = {a["image_id"] for a in annotations}
+    subset = {**full, "annotations": annotations, "images": [i for i in full["images"] if i["id"] in ids]}
+    (tmp_path / "tiny.json").write_text(json.dumps(subset))
+    images = str(data_dir / "lspet" / "images")
+    source = {"name": "tiny", "annotations": str(tmp_path / "tiny.json"), "images": images}
+    config = {
+        "arch": "A", "input_size": [96, 128], "init": "scratch", "train": [source], "val": [source],
+        "epochs": 6, "samples_per_epoch": 32, "batch_size": 8, "lr": 0.001, "schedule": "step", "lr_steps": [],
+        "warmup_steps": 1, "augment": False, "workers": 0, "out_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def randomize(model, input_size: tuple[int, int] = (192, 256)):  # noqa: ANN001, ANN201 - torch types stay out of this module's import
     """Give a freshly built model (pose or person detector) random BN affine parameters and O(1), input-dependent
     outputs at ``input_size`` (width, height).

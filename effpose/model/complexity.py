@@ -32,8 +32,11 @@ def _layer_macs(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -
 
 
 @torch.no_grad()
-def measure_complexity(model: nn.Module, input_size: tuple[int, int] = (192, 256)) -> Complexity:
-    """Count parameters and MACs by running one (1, 3, H, W) forward pass with hooks on every conv."""
+def measure_complexity(model: nn.Module, input_size: tuple[int, int] = (192, 256), channels: int = 3) -> Complexity:
+    """Count parameters and MACs by running one (1, channels, H, W) forward pass with hooks on every conv.
+
+    ``channels`` is 3 for a network; a single layer (e.g. one searchable op) takes its own input width.
+    """
     total = 0
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -44,7 +47,7 @@ def measure_complexity(model: nn.Module, input_size: tuple[int, int] = (192, 256
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, 3, input_size[1], input_size[0]))
+        model(torch.zeros(1, channels, input_size[1], input_size[0]))
     finally:
         for handle in handles:
             handle.remove()

@@ -27,6 +27,44 @@ def _upsample(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+def build_stem(stem_channels: int) -> nn.Sequential:
+    """The fixed stem: conv3x3 s2 3->32, depthwise 3x3, linear 1x1 to ``stem_channels`` (output stride 2)."""
+    return nn.Sequential(
+        ConvBNReLU(3, STEM_WIDTH, 3, 2),
+        ConvBNReLU(STEM_WIDTH, STEM_WIDTH, 3, 1, groups=STEM_WIDTH),
+        ConvBNReLU(STEM_WIDTH, stem_channels, 1, act=False),
+    )
+
+
+def build_head(backbone_channels: int) -> nn.Sequential:
+    """The slim head: two transposed convs (to 64, then 32 channels), stride 16 -> 4."""
+    return nn.Sequential(_upsample(backbone_channels, HEAD_CHANNELS[0]), _upsample(*HEAD_CHANNELS))
+
+
+def build_sic(width: int) -> nn.Sequential:
+    """Spatial information correction: depthwise 3x3 (no bias, no BN) + ReLU before the prediction."""
+    return nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.ReLU(inplace=True))
+
+
+def init_weights(module: nn.Module) -> None:
+    """Kaiming (fan-out) convs, N(0, 0.001) transposed convs, unit BN: over every submodule of ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, nn.ConvTranspose2d):
+            nn.init.normal_(layer.weight, std=0.001)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+def init_pose_weights(model: nn.Module, predictor: nn.Conv2d) -> None:
+    """A pose network's init: :func:`init_weights` over ``model``, then its heatmap ``predictor`` at N(0, 0.001)."""
+    init_weights(model)
+    nn.init.normal_(predictor.weight, std=0.001)
+    nn.init.zeros_(predictor.bias)
+
+
 class GenotypeTrunk(nn.Module):
     """Fixed stem + genotype backbone (output stride 16) + slim transposed-conv head (output stride 4).
 
@@ -40,11 +78,7 @@ class GenotypeTrunk(nn.Module):
         if genotype.output_stride != 16:
             raise ValueError(f"genotype {genotype.name!r} has output stride {genotype.output_stride}, the head needs 16")
         self.genotype = genotype
-        self.stem = nn.Sequential(
-            ConvBNReLU(3, STEM_WIDTH, 3, 2),
-            ConvBNReLU(STEM_WIDTH, STEM_WIDTH, 3, 1, groups=STEM_WIDTH),
-            ConvBNReLU(STEM_WIDTH, genotype.stem_channels, 1, act=False),
-        )
+        self.stem = build_stem(genotype.stem_channels)
         stages: list[nn.Module] = []
         cin = genotype.stem_channels
         for stage in genotype.stages:
@@ -53,7 +87,7 @@ class GenotypeTrunk(nn.Module):
             stages.append(nn.Sequential(*layers))
             cin = stage.channels
         self.backbone = nn.Sequential(*stages)
-        self.head = nn.Sequential(_upsample(cin, HEAD_CHANNELS[0]), _upsample(*HEAD_CHANNELS))
+        self.head = build_head(cin)
 
     @property
     def feature_channels(self) -> int:
@@ -65,15 +99,8 @@ class GenotypeTrunk(nn.Module):
         return self.head(self.backbone(self.stem(x)))
 
     def _init_weights(self) -> None:
-        """Kaiming (fan-out) convs, N(0, 0.001) transposed convs, unit BN: over every module built so far."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.ConvTranspose2d):
-                nn.init.normal_(module.weight, std=0.001)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        """:func:`init_weights` over every module built so far."""
+        init_weights(self)
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in checkpoints)."""
@@ -92,14 +119,9 @@ class EfficientPose(GenotypeTrunk):
         self.num_joints = num_joints
         self.sic_enabled = sic
         width = self.feature_channels
-        self.sic = (
-            nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.ReLU(inplace=True))
-            if sic else nn.Identity()
-        )
+        self.sic = build_sic(width) if sic else nn.Identity()
         self.predictor = nn.Conv2d(width, num_joints, 1)
-        self._init_weights()
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.zeros_(self.predictor.bias)
+        init_pose_weights(self, self.predictor)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.predictor(self.sic(self.features(x)))

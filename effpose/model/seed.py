@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from effpose.model.blocks import InvertedResidual
-from effpose.model.network import GenotypeTrunk
 
 # Block indices of EfficientNet-Lite0's seven stages (strides 2, 1, 2, 2, 2, 1, 2 after the s2 stem).
 LITE0_STAGE_BLOCKS: tuple[tuple[int, ...], ...] = ((0,), (1, 2), (3, 4), (5, 6, 7), (8, 9, 10), (11, 12, 13, 14), (15,))
+# (conv, batch norm) of a Lite0 block that fill an inverted residual's expand, depthwise and project parts
+SEED_BLOCK_PARTS: tuple[tuple[str, str], ...] = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
+                                                ("_project_conv", "_bn2"))
 
 
 @dataclass
@@ -78,11 +80,16 @@ def _copy_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, state: dict[str, Tensor],
 
 
 @torch.no_grad()
-def remap_lite0(model: GenotypeTrunk, state: dict[str, Tensor] | None = None) -> RemapReport:
-    """Initialise the stem and backbone of ``model`` (EfficientPose or the detector) from EfficientNet-Lite0, in place."""
+def remap_lite0(model: nn.Module, state: dict[str, Tensor] | None = None) -> RemapReport:
+    """Initialise the stem and backbone of ``model`` from EfficientNet-Lite0, in place.
+
+    ``model`` is laid out like :class:`~effpose.model.network.GenotypeTrunk` (``stem``, then ``backbone`` = stages
+    of layers): EfficientPose, the detector, or the search's supernet, whose layers hold several candidate ops;
+    every inverted residual inside a layer takes the seed block of the layer's position.
+    """
     state = load_lite0_state() if state is None else state
-    if len(model.genotype.stages) > len(LITE0_STAGE_BLOCKS) - 1:
-        raise ValueError(f"genotype {model.genotype.name!r} has more stages than the seed can fill")
+    if len(model.backbone) > len(LITE0_STAGE_BLOCKS) - 1:
+        raise ValueError(f"the network has {len(model.backbone)} stages, more than the seed can fill")
     report = RemapReport(values_total=sum(p.numel() for p in model.state_dict().values() if p.is_floating_point()))
     stem = model.stem
     _copy_conv_bn(stem[0][0], stem[0][1], state, "_conv_stem.weight", "_bn0", report)
@@ -90,10 +97,9 @@ def remap_lite0(model: GenotypeTrunk, state: dict[str, Tensor] | None = None) ->
     _copy_conv_bn(stem[2][0], stem[2][1], state, "_blocks.0._project_conv.weight", "_blocks.0._bn2", report)
     for stage, seed_blocks in zip(model.backbone, LITE0_STAGE_BLOCKS[1:]):
         for position, layer in enumerate(stage):
-            if not isinstance(layer, InvertedResidual):
-                continue  # skip layers have no parameters
             prefix = f"_blocks.{seed_blocks[min(position, len(seed_blocks) - 1)]}"
-            for part, (conv_name, bn_name) in zip(layer.body, (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"),
-                                                               ("_project_conv", "_bn2"))):
-                _copy_conv_bn(part[0], part[1], state, f"{prefix}.{conv_name}.weight", f"{prefix}.{bn_name}", report)
+            for block in (m for m in layer.modules() if isinstance(m, InvertedResidual)):  # none in a skip layer
+                for part, (conv_name, bn_name) in zip(block.body, SEED_BLOCK_PARTS):
+                    _copy_conv_bn(part[0], part[1], state, f"{prefix}.{conv_name}.weight", f"{prefix}.{bn_name}",
+                                  report)
     return report

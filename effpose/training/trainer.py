@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
-from effpose.data import load_person_records
+from effpose.data import PersonRecord, load_person_records
 from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset
 from effpose.evaluation import evaluate
 from effpose.evaluation.runner import estimator_for_model
@@ -101,7 +101,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def initialise(model: GenotypeTrunk, init: str, init_checkpoint: str = "") -> None:
+def initialise(model: nn.Module, init: str, init_checkpoint: str = "") -> None:
     """Start ``model`` from a checkpoint's weights, the EfficientNet-Lite0 FNA remap (``init="lite0"``) or as built."""
     if init_checkpoint:
         state = torch.load(init_checkpoint, map_location="cpu", weights_only=False)
@@ -120,15 +120,21 @@ def build_network(config: TrainConfig) -> EfficientPose:
     return model
 
 
-def build_train_data(config: TrainConfig, env: Environment, augment: bool = True) -> tuple[ConcatDataset, MixedSampler]:
-    """All training sources, and a sampler mixing them by their ratios (:func:`mixed_sampler`)."""
-    datasets = []
-    for source in config.train:
-        annotations, images = source.paths()
-        records = load_person_records(annotations, images, source=source.name)
-        datasets.append(TopDownDataset(records, input_size=config.input_size, sigma=config.sigma, train=True,
-                                       augment=AugmentConfig() if augment else AugmentConfig.none(),
-                                       pseudo_weight=config.pseudo_weight))
+def load_train_records(config: TrainConfig) -> list[list[PersonRecord]]:
+    """The persons of every training source, one list per source."""
+    return [load_person_records(*source.paths(), source=source.name) for source in config.train]
+
+
+def build_train_data(config: TrainConfig, env: Environment, augment: bool = True,
+                     records: list[list[PersonRecord]] | None = None) -> tuple[ConcatDataset, MixedSampler]:
+    """All training sources, and a sampler mixing them by their ratios (:func:`mixed_sampler`).
+
+    ``records`` (one list per source, e.g. a part of :func:`load_train_records`) replaces the sources' persons.
+    """
+    datasets = [TopDownDataset(persons, input_size=config.input_size, sigma=config.sigma, train=True,
+                               augment=AugmentConfig() if augment else AugmentConfig.none(),
+                               pseudo_weight=config.pseudo_weight)
+                for persons in (load_train_records(config) if records is None else records)]
     data = ConcatDataset(datasets)
     return data, mixed_sampler(data, [s.ratio for s in config.train], config, env)
 
@@ -192,8 +198,12 @@ class TrainingLoop:
     """Owns the model, optimiser, data and checkpoints of one run; the task fills in the hooks.
 
     Subclasses implement :meth:`build_model`, :meth:`build_loader`, :meth:`compute_loss` and :meth:`validate`
-    (and may replace :meth:`build_optimizer`). Batches are dicts with an ``"image"`` tensor, the network input.
+    (and may replace :meth:`build_optimizer` and extend :meth:`checkpoint_state` / :meth:`restore`). Batches are
+    dicts with an ``"image"`` tensor, the network input.
     """
+
+    #: DDP must look for parameters a step did not use (networks whose forward skips some of their layers)
+    find_unused_parameters: bool = False
 
     def __init__(self, config: RunSettings, env: Environment):
         config.validate()
@@ -204,7 +214,8 @@ class TrainingLoop:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.network: nn.Module = (
-            DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+            DistributedDataParallel(self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
+                                    find_unused_parameters=self.find_unused_parameters)
             if env.world_size > 1 else self.model
         )
         self.optimizer = self.build_optimizer()
@@ -239,13 +250,22 @@ class TrainingLoop:
         """Validation metrics of the current weights (rank 0 only, after every epoch)."""
         raise NotImplementedError
 
-    def resume(self, path: str | Path) -> None:
-        """Continue from a ``last.pt`` written by this trainer."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """Everything needed to resume after ``epoch`` (written as ``last.pt``)."""
+        return {"state_dict": self.model.state_dict(), "config": self.model.config(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "best": self.best, "history": self.history, "train_config": self.config.to_dict()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`checkpoint_state`: weights, optimiser, scaler and progress."""
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from a ``last.pt`` written by this trainer."""
+        self.restore(torch.load(path, map_location="cpu", weights_only=False))
         log.info("resumed from %s at epoch %d (best %.4f)", path, self.start_epoch, self.best)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -275,10 +295,14 @@ class TrainingLoop:
         return {"loss": float(np.mean(losses["loss"])), **parts, "losses": losses["loss"], "lr": lr,
                 "samples_per_s": samples / elapsed, "train_seconds": elapsed}
 
+    def input_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's images on the device, in the configured memory format."""
+        memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        return batch["image"].to(self.env.device, non_blocking=True).contiguous(memory_format=memory)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Forward, loss, backward, optimiser step; returns the loss and its parts."""
-        memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        images = batch["image"].to(self.env.device, non_blocking=True).contiguous(memory_format=memory)
+        images = self.input_images(batch)
         with torch.autocast(self.env.device.type, dtype=torch.float16, enabled=self.use_amp):
             output = self.network(images)
         losses = self.compute_loss(output, batch)
@@ -291,10 +315,7 @@ class TrainingLoop:
     def save(self, epoch: int, record: dict[str, Any], improved: bool) -> None:
         """Write last.pt (everything needed to resume) and, when improved, best.pt (weights + metrics)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {"state_dict": self.model.state_dict(), "config": self.model.config(), "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best": self.best, "history": self.history,
-                 "train_config": self.config.to_dict()}
-        torch.save(state, self.out_dir / "last.tmp")
+        torch.save(self.checkpoint_state(epoch), self.out_dir / "last.tmp")
         os.replace(self.out_dir / "last.tmp", self.out_dir / "last.pt")
         if improved:
             save_checkpoint(self.model, self.out_dir / "best.pt", epoch=epoch, metrics=record,
