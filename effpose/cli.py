@@ -75,7 +75,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Estimate poses in one image and print them as JSON; optionally write the drawn image."""
     import cv2
 
-    from effpose.assets import default_pose_model
+    from effpose.assets import default_person_detector, default_pose_model
+    from effpose.detectors import OnnxYoloDetector
     from effpose.draw import draw_poses
     from effpose.runtime import PoseEstimator
 
@@ -91,9 +92,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if estimator.info.weights != "trained":
         print(f"warning: {estimator.info.name} has {estimator.info.weights} weights; its keypoints are meaningless",
               file=sys.stderr)
-    boxes, source = (args.box, "client") if args.box else ([(0.0, 0.0, float(width), float(height))], "whole_image")
+    detector_model = None if args.whole_image else args.detector_model or default_person_detector()
+    box_scores = None
+    if args.box:
+        boxes, source = args.box, "client"
+    elif detector_model is None:
+        boxes, source = [(0.0, 0.0, float(width), float(height))], "whole_image"
+    else:
+        detector = OnnxYoloDetector(detector_model, providers=args.providers, intra_op_threads=args.threads)
+        detections = detector.detect(image, args.det_threshold, args.max_persons)
+        boxes, box_scores, source = [d.box for d in detections], [d.score for d in detections], "detector"
     try:
-        persons = estimator.estimate(image, boxes, source=source)
+        persons = estimator.estimate(image, boxes, box_scores=box_scores, source=source)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -349,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("image", type=Path)
     predict.add_argument("--model", type=Path, help="pose model ONNX (default: the shipped model)")
     predict.add_argument("--box", type=parse_box, action="append", help="person box x1,y1,x2,y2 (repeatable); "
-                         "default: the whole image as one person")
+                         "default: the people the person detector finds")
+    predict.add_argument("--detector-model", type=Path,
+                         help="person detector ONNX: own, YOLOX or YOLOv8 layout (default: the shipped detector)")
+    predict.add_argument("--whole-image", action="store_true", help="no detector: the whole image is one person")
+    predict.add_argument("--det-threshold", type=float, default=0.4, help="detector score threshold")
+    predict.add_argument("--max-persons", type=int, default=20, help="at most this many detected persons")
     predict.add_argument("--out", type=Path, help="write the image with skeletons drawn")
     predict.add_argument("--json", action="store_true", help="print the result as JSON")
     predict.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")

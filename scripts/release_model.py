@@ -16,11 +16,11 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-import onnxruntime
 import torch
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
+from effpose.cards import read_history, write_card
 from effpose.evaluation import evaluate, load_estimator
 from effpose.export import check_parity, export_onnx
 from effpose.machine import cpu_model
@@ -45,7 +45,7 @@ def evaluate_shipped(onnx_path: Path, config: TrainConfig) -> dict[str, dict[str
 def stage_summary(run: Path) -> dict:
     """Input size, epochs, samples and hours of one training run (one stage of a staged recipe)."""
     config = json.loads((run / "config.json").read_text())
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    history = read_history(run)
     return {
         "run": run.name,
         "input": config["input_size"],
@@ -96,12 +96,10 @@ def main() -> None:
             "train_hours": round(sum(s["train_hours"] for s in stages), 2),
             "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, CPU only (torch {torch.__version__})",
         },
-        "export": {"onnx": onnx_path.name, "parity_max_abs_diff": parity, "onnxruntime": onnxruntime.__version__},
         "validation_gt_boxes": evaluate_shipped(onnx_path, config),
-        "reproduce": f"effpose eval --model effpose/assets/{onnx_path.name} --annotations "
-                     "$EFFPOSE_DATA/<annotations> --images $EFFPOSE_DATA/<images> [--flip] --json",
     }
-    (ASSETS_DIR / f"{args.name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    write_card(args.name, card, onnx_path, parity, f"effpose eval --model effpose/assets/{onnx_path.name} "
+               "--annotations $EFFPOSE_DATA/<annotations> --images $EFFPOSE_DATA/<images> [--flip] --json")
     print(json.dumps(card["validation_gt_boxes"], indent=2))
 
 

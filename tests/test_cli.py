@@ -65,12 +65,25 @@ def test_predict_on_a_real_photo(tmp_path, random_onnx_a, coco_val_person) -> No
     assert written.shape == image.shape and np.any(written != image)
 
 
+@pytest.mark.data
+def test_predict_finds_the_people_with_the_shipped_detector(data_dir, random_onnx_a) -> None:
+    photo = data_dir / "coco/images/000000001000.jpg"  # a team photo
+    result = run("predict", str(photo), "--model", str(random_onnx_a), "--json")
+    assert result.returncode == 0, result.stderr
+    persons = json.loads(result.stdout)["persons"]
+    assert len(persons) >= 3 and {p["source"] for p in persons} == {"detector"}
+    assert all(0.4 <= p["box_score"] <= 1 for p in persons)
+    capped = run("predict", str(photo), "--model", str(random_onnx_a), "--max-persons", "2", "--json")
+    assert len(json.loads(capped.stdout)["persons"]) == 2
+
+
 def test_predict_whole_image_and_errors(tmp_path, random_onnx_a) -> None:
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), np.full((120, 90, 3), 128, np.uint8))
-    whole = run("predict", str(photo), "--model", str(random_onnx_a), "--json")
+    whole = run("predict", str(photo), "--model", str(random_onnx_a), "--whole-image", "--json")
     assert whole.returncode == 0, whole.stderr
-    assert json.loads(whole.stdout)["persons"][0]["box"] == [0, 0, 90, 120]
+    [person] = json.loads(whole.stdout)["persons"]
+    assert person["box"] == [0, 0, 90, 120] and person["source"] == "whole_image"
 
     not_image = tmp_path / "notes.txt"
     not_image.write_text("hello")

@@ -609,12 +609,13 @@ def run(*command: str | Path, timeout: float = 900, **kwargs: object) -> str:
     return result.stdout
 
 
+GROUP_PHOTO = Path(os.environ.get("EFFPOSE_DATA", REPO.parent / "shared" / "data")) / "coco/images/000000001000.jpg"
+
+
 def jpeg_bytes() -> bytes:
-    """A real COCO photo when the shared data is there, else a synthetic one."""
-    data = Path(os.environ.get("EFFPOSE_DATA", REPO.parent / "shared" / "data"))
-    photos = sorted((data / "coco" / "images").glob("*.jpg"))[:1]
-    if photos:
-        return photos[0].read_bytes()
+    """A real multi-person COCO photo (image 1000: a team of 8+) when the shared data is there, else a synthetic one."""
+    if GROUP_PHOTO.is_file():
+        return GROUP_PHOTO.read_bytes()
     import cv2
     import numpy as np
 
@@ -643,7 +644,8 @@ def serving_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_serving_wheel_contains_stubs_models_and_service(serving_wheel: Path) -> None:
     names = set(zipfile.ZipFile(serving_wheel).namelist())
     assert {"effpose/v1/pose_pb2.py", "effpose/v1/pose_pb2_grpc.py", "effpose/assets/efficientpose_a_coco17.onnx",
-            "effpose/assets/efficientpose_a_coco17.json", "service/main.py", "service/settings.py"} <= names
+            "effpose/assets/efficientpose_a_coco17.json", "effpose/assets/person_detector.onnx",
+            "effpose/assets/person_detector.json", "service/main.py", "service/settings.py"} <= names
     assert not any(name.startswith("tests/") for name in names)
 
 
@@ -672,8 +674,11 @@ def test_serving_install_serves_without_torch(serving_wheel: Path, tmp_path: Pat
         with httpx.Client(base_url=base_url, timeout=30) as client:
             response = client.post("/v1/pose", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
             assert response.status_code == 200, response.text
-            persons = response.json()["persons"]
-            assert persons and all(len(p["keypoints"]) == 17 for p in persons)
+            body = response.json()
+            assert body["model"]["detector"] == "person_detector.onnx"  # the shipped detector, nothing configured
+            persons = body["persons"]
+            assert persons and all(len(p["keypoints"]) == 17 and p["source"] == "detector" for p in persons)
+            assert len(persons) >= (3 if GROUP_PHOTO.is_file() else 1)
             assert client.get("/healthz").status_code == 200
             assert IN_FLIGHT_METRIC in client.get("/metrics").text
         check_grpc_health(f"127.0.0.1:{grpc_port}")

@@ -16,12 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from effpose.assets import DEFAULT_PERSON_DETECTOR
 from effpose.detectors import box_iou
 from effpose.keypoints import KEYPOINT_NAMES, SKELETON
 from tests.service_support import encode, running_service
 
 IMAGE_W, IMAGE_H = 320, 240
 BOX = [60.0, 20.0, 180.0, 230.0]
+# share of the large persons of COCO image 1000 that our shipped detector must find (7 of 10 at release)
+MIN_FOUND_BY_OURS = 0.5
 
 
 def scene(width: int = IMAGE_W, height: int = IMAGE_H, seed: int = 0) -> np.ndarray:
@@ -277,21 +280,23 @@ def test_graceful_shutdown_finishes_in_flight_requests(random_onnx_a):
 
 
 @pytest.mark.data
-def test_yolox_detector_stage_finds_the_people_of_a_group_photo(data_dir, random_onnx_a):
-    """The third-party YOLOX-nano through the ONNX detector adapter: every large person of COCO image 1000."""
+@pytest.mark.parametrize(("detector", "min_found"), [("yolox_nano", 1.0), ("shipped", MIN_FOUND_BY_OURS)])
+def test_detector_stage_finds_the_people_of_a_group_photo(data_dir, random_onnx_a, detector, min_found):
+    """A person detector through the ONNX adapter finds the large persons of COCO image 1000 (IoU > 0.5): every one
+    for the third-party YOLOX-nano, ``min_found`` of them for our own shipped detector."""
     annotations = json.loads((data_dir / "coco/annotations/person_keypoints_val.json").read_text())
     large = [a["bbox"] for a in annotations["annotations"]
              if a["image_id"] == 1000 and not a.get("iscrowd") and a["area"] > 96 ** 2]
     photo = (data_dir / "coco/images/000000001000.jpg").read_bytes()
-    detector = data_dir / "models/yolox_nano/yolox_nano.onnx"
-    with running_service(pose_model=random_onnx_a, detector_model=detector) as running, \
+    path = data_dir / "models/yolox_nano/yolox_nano.onnx" if detector == "yolox_nano" else DEFAULT_PERSON_DETECTOR
+    with running_service(pose_model=random_onnx_a, detector_model=path) as running, \
             httpx.Client(base_url=running.base_url, timeout=60) as http:
         body = post_pose(http, photo).json()
         capped = post_pose(http, photo, max_persons=3).json()
-    assert body["model"]["detector"] == "yolox_nano.onnx"
+    assert body["model"]["detector"] == path.name
     persons = body["persons"]
     assert all(p["source"] == "detector" and 0 < p["box_score"] <= 1 for p in persons)
     scores = [p["box_score"] for p in persons]
     assert scores == sorted(scores, reverse=True) and len(capped["persons"]) == 3
     best_iou = box_iou(np.array([[x, y, x + w, y + h] for x, y, w, h in large]), np.array([p["box"] for p in persons]))
-    assert len(large) >= 5 and np.all(best_iou.max(axis=1) > 0.5)
+    assert len(large) >= 5 and np.mean(best_iou.max(axis=1) > 0.5) >= min_found

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from effpose.assets import DEFAULT_PERSON_DETECTOR
 from service.cpus import available_cpus, cgroup_cpu_limit
 from service.settings import Settings
 
@@ -33,7 +34,7 @@ def test_detector_kind_follows_the_detector_model(tmp_path: Path) -> None:
     assert Settings(detector_model=tmp_path / "det.onnx").detector_kind == "onnx"
     assert Settings(detector="whole-image", detector_model=tmp_path / "det.onnx").detector_kind == "whole-image"
     with pytest.raises(ValidationError, match="EFFPOSE_DETECTOR_MODEL"):
-        Settings(detector="onnx")
+        Settings(detector="onnx", detector_model=None)
 
 
 def test_an_empty_detector_model_variable_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +63,9 @@ def test_available_cpus_is_capped_by_the_quota_and_at_least_one(tmp_path: Path) 
     assert available_cpus(tmp_path) == 1
     (tmp_path / "cpu.max").write_text(f"{100000 * (unlimited + 8)} 100000\n")
     assert available_cpus(tmp_path) == unlimited  # a quota above the affinity set does not add CPUs
+
+
+def test_the_shipped_person_detector_is_the_default() -> None:
+    settings = Settings()
+    assert settings.detector_model == DEFAULT_PERSON_DETECTOR and DEFAULT_PERSON_DETECTOR.is_file()
+    assert settings.detector_kind == "onnx"

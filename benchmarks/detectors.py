@@ -1,0 +1,124 @@
+"""Person detectors on the shared COCO validation split: our shipped detector vs the YOLOX-nano teacher, in one run.
+
+    python benchmarks/detectors.py [--own effpose/assets/person_detector.onnx] [--teacher PATH] [--threads N]
+                                   [--pose-model PATH] [--pose-threshold 0.05] [--out benchmarks/results/detectors.json]
+
+For each detector: person box AP / AP50 / AR (pycocotools, detections from score 0.01, at most 100 per image) and
+milliseconds per image (``detect()`` wall time, pre- and post-processing included, median and p90), both through
+the service's detector adapter. Then end to end: the shipped pose model (no flip) evaluated as ``effpose eval
+--boxes`` does, on each detector's boxes (score >= --pose-threshold, at most 20 per image, the service's default cap)
+and on the ground-truth boxes. The detectors run one after the other with the same ONNX Runtime thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from effpose.assets import DEFAULT_PERSON_DETECTOR, default_pose_model
+from effpose.data.coco import read_coco_json
+from effpose.detectors import OnnxYoloDetector
+from effpose.evaluation import evaluate, load_estimator
+from effpose.evaluation.detection import coco_box_ap, detect_images
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("EFFPOSE_DATA", REPO.parent / "shared" / "data"))
+ANNOTATIONS = "coco/annotations/person_keypoints_val.json"
+IMAGES = "coco/images"
+POSE_METRICS = ("AP", "AP50", "AP75", "AR")
+MAX_PERSONS = 20
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--own", type=Path, default=DEFAULT_PERSON_DETECTOR, help="our detector ONNX")
+    parser.add_argument("--teacher", type=Path, default=DATA / "models" / "yolox_nano" / "yolox_nano.onnx")
+    parser.add_argument("--pose-model", type=Path, default=None, help="pose ONNX (default: the shipped model)")
+    parser.add_argument("--pose-threshold", type=float, default=0.05, help="box score threshold for pose eval")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per model")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "detectors.json")
+    return parser.parse_args()
+
+
+def pose_metrics(pose_model: Path, boxes: str | Path, threads: int) -> dict[str, float]:
+    """``effpose eval`` of the pose model on the COCO val split with ``boxes`` ("gt" or a results file)."""
+    estimator = load_estimator(pose_model, decode="dark", threads=threads)
+    report = evaluate(estimator, DATA / ANNOTATIONS, DATA / IMAGES, boxes=boxes, flip=False)
+    return {name: round(float(report.metrics[name]), 4) for name in POSE_METRICS}
+
+
+def strongest(results: list[dict[str, Any]], threshold: float, per_image: int) -> list[dict[str, Any]]:
+    """The detections scoring at least ``threshold``, at most ``per_image`` best ones per image (as the service)."""
+    counts: Counter[int] = Counter()
+    kept = []
+    for result in sorted(results, key=lambda r: -r["score"]):
+        if result["score"] >= threshold and counts[result["image_id"]] < per_image:
+            counts[result["image_id"]] += 1
+            kept.append(result)
+    return kept
+
+
+def measure_detector(name: str, path: Path, args: argparse.Namespace, pose_model: Path,
+                     scratch: Path) -> dict[str, Any]:
+    """Box AP and latency of one detector, and pose AP on its boxes."""
+    detector = OnnxYoloDetector(path, intra_op_threads=args.threads)
+    run = detect_images(detector, DATA / ANNOTATIONS, DATA / IMAGES, score_threshold=0.01, max_detections=100)
+    boxes = coco_box_ap(read_coco_json(DATA / ANNOTATIONS), run.results)
+    results_file = scratch / f"{name}.json"
+    results_file.write_text(json.dumps(strongest(run.results, args.pose_threshold, MAX_PERSONS)))
+    return {"detector": name, "model": str(path), "layout": detector.layout, "input_size": list(detector.input_size),
+            "box": {key: round(boxes[key], 4) for key in ("AP", "AP50", "AR")},
+            **{key: round(value, 2) for key, value in run.latency().items()},
+            "pose_with_its_boxes": pose_metrics(pose_model, results_file, args.threads)}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """Markdown table of the report."""
+    print("| detector | input | box AP | box AP50 | box AR | ms/img median | ms/img p90 | pose AP (its boxes) "
+          "| pose AP50 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in report["detectors"]:
+        size = "x".join(map(str, row["input_size"]))
+        print(f"| {row['detector']} | {size} | {row['box']['AP']:.3f} | {row['box']['AP50']:.3f} | "
+              f"{row['box']['AR']:.3f} | {row['ms_median']:.1f} | {row['ms_p90']:.1f} | "
+              f"{row['pose_with_its_boxes']['AP']:.3f} | {row['pose_with_its_boxes']['AP50']:.3f} |")
+    gt = report["pose_with_gt_boxes"]
+    print(f"| ground truth | - | 1 | 1 | 1 | - | - | {gt['AP']:.3f} | {gt['AP50']:.3f} |")
+
+
+def main() -> None:
+    """Measure both detectors, write the JSON report, print the table."""
+    args = parse_args()
+    pose_model = args.pose_model or default_pose_model()
+    with tempfile.TemporaryDirectory(prefix="effpose-detbench-") as folder:
+        rows = [measure_detector(name, path, args, pose_model, Path(folder))
+                for name, path in (("effpose (own)", args.own), ("yolox_nano (teacher)", args.teacher))]
+    report = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python benchmarks/detectors.py",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "onnxruntime": ort.__version__,
+                    "load_average": os.getloadavg()},
+        "data": {"annotations": ANNOTATIONS, "images": IMAGES,
+                 "num_images": len(read_coco_json(DATA / ANNOTATIONS)["images"])},
+        "threads": args.threads, "pose_model": str(pose_model), "pose_box_threshold": args.pose_threshold,
+        "detectors": rows,
+        "pose_with_gt_boxes": pose_metrics(pose_model, "gt", args.threads),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
