@@ -1,10 +1,12 @@
 """Load test of the effpose service over real HTTP and gRPC on loopback, with real COCO JPEGs.
 
-    python benchmarks/service_load.py [--quick] [--duration S] [--boxes N] [--detector-model PATH] [--slo-ms MS]
+    python benchmarks/service_load.py [--quick] [--duration S] [--boxes N] [--detector-model PATH | --whole-image]
+                                      [--slo-ms MS]
                                       [--threads N] [--http HOST:PORT --grpc HOST:PORT] [--data DIR] [--out FILE]
 
 Without --http/--grpc the script starts ``effpose serve`` itself: a subprocess on free loopback ports with
-EFFPOSE_THREADS=--threads (and EFFPOSE_DETECTOR_MODEL with --detector-model), every other setting at its default,
+EFFPOSE_THREADS=--threads (EFFPOSE_DETECTOR_MODEL with --detector-model, EFFPOSE_DETECTOR=whole-image with
+--whole-image), every other setting at its default (so the shipped person detector finds the people),
 used once /readyz answers 200, stopped with SIGTERM at the end (exit code and shutdown time are recorded). With
 --http/--grpc it drives that server instead and skips part 5, which needs a restart with other settings.
 
@@ -98,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slo-ms", type=float, default=500.0, help="latency objective of the goodput")
     parser.add_argument("--boxes", type=int, default=0, help="send N client boxes per image (default: none)")
     parser.add_argument("--detector-model", type=Path, help="EFFPOSE_DETECTOR_MODEL, e.g. a YOLOX-nano ONNX")
+    parser.add_argument("--whole-image", action="store_true",
+                        help="EFFPOSE_DETECTOR=whole-image: no detector, every image is one person (the pose path)")
     parser.add_argument("--threads", type=int, default=2, help="EFFPOSE_THREADS (ONNX Runtime intra-op threads)")
     parser.add_argument("--images", type=int, default=0, help="use the first N images (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival times")
@@ -453,6 +457,8 @@ def settings_fields(args: argparse.Namespace, batching: bool) -> dict[str, Any]:
     fields: dict[str, Any] = {"threads": args.threads, "batching": batching}
     if args.detector_model is not None:
         fields["detector_model"] = args.detector_model.resolve()
+    if args.whole_image:
+        fields["detector"] = "whole-image"
     return fields
 
 
@@ -852,7 +858,8 @@ def print_tables(report: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    workload = load_workload(args.data, args.images, args.boxes, args.detector_model is not None)
+    detector = Settings(**settings_fields(args, batching=True)).detector_kind != "whole-image"
+    workload = load_workload(args.data, args.images, args.boxes, detector)
     report: dict[str, Any] = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine_info(),
