@@ -105,7 +105,7 @@ class Speedup:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), help="architectures: A, B, C, mbv2")
+    parser.add_argument("--archs", nargs="+", default=list(ARCHS), help="architectures: A, B, C, mbv2 or a genotype JSON (e.g. a search result)")
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES), help="batch sizes")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="intra-op threads for every engine (default: the CPUs this process may use)")
@@ -273,7 +273,7 @@ def benchmark_arch(arch: str, batches: list[int], threads: int, seconds: float, 
     torch.manual_seed(0)
     model = build_model(arch).eval()
     complexity = measure_complexity(model, INPUT_SIZE)
-    onnx_path = export_onnx(model, workdir / f"{arch}.onnx", input_size=INPUT_SIZE, weights="random-init")
+    onnx_path = export_onnx(model, workdir / f"{Path(arch).name}.onnx", input_size=INPUT_SIZE, weights="random-init")
     engines = build_engines(model, onnx_path, threads)
     measurements = []
     for batch in batches:
