@@ -31,7 +31,8 @@ class Settings(BaseSettings):
 
     # Detector stage
     detector: Literal["auto", "onnx", "whole-image"] = Field(
-        "auto", description="auto: the ONNX detector when there is a detector_model, else the whole image as one person")
+        "auto", description="auto: the ONNX detector when there is a detector_model (by default the shipped one), "
+                            "else the whole image as one person")
     detector_model: Path | None = Field(default_factory=default_person_detector,
                                         description="person detector ONNX; default: the shipped one")
     detector_layout: Literal["auto", "yolox", "yolov8", "effpose"] = "auto"
