@@ -40,7 +40,7 @@ class GrpcServer:
 
     def __init__(self, **overrides: Any):
         self.settings = Settings(**{"host": "127.0.0.1", "threads": 1, "cpu_workers": 2, "log_level": "warning",
-                                    "stream_window": WINDOW, **overrides})
+                                    "stream_window": WINDOW, "detector_model": None, **overrides})  # whole image
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-test-loop", daemon=True)
         self.thread.start()
