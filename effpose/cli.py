@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from effpose.evaluation.cli import add_detector_parsers, add_eval_parser
 from effpose.search.space import SEARCH_SPACES
@@ -128,6 +129,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_FLAGS: tuple[str, ...] = ("epochs", "batch_size", "lr", "workers", "samples_per_epoch", "max_steps_per_epoch",
+                               "seed", "out_dir")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training-loop flags that ``train``, ``train-detector`` and ``search`` share (overrides of the config)."""
+    parser.add_argument("--epochs", type=int, help="all epochs (warm-up included)")
+    parser.add_argument("--batch-size", type=int, help="per process")
+    parser.add_argument("--lr", type=float, help="learning rate of the weights")
+    parser.add_argument("--workers", type=int, help="data loader processes")
+    parser.add_argument("--samples-per-epoch", type=int)
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out-dir", help="checkpoints, config.json, metrics.jsonl and outputs go here")
+    parser.add_argument("--resume", type=Path, help="continue from a last.pt")
+
+
+def run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """The config fields the command line sets: :data:`RUN_FLAGS` and ``more``, those given (not None) only."""
+    given = {name: getattr(args, name) for name in RUN_FLAGS} | more
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a pose network from a JSON config, with command-line overrides; works under torchrun."""
     import logging
@@ -137,16 +161,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    overrides = {"arch": args.arch, "init": args.init, "epochs": args.epochs, "batch_size": args.batch_size,
-                 "lr": args.lr, "weight_decay": args.weight_decay, "workers": args.workers, "out_dir": args.out_dir, "samples_per_epoch":
-                 args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch, "pseudo_weight":
-                 args.pseudo_weight, "sic": args.sic, "seed": args.seed, "input_size": args.input,
-                 "init_checkpoint": args.init_checkpoint, "precise_bn_batches": args.precise_bn_batches}
+    overrides = run_overrides(args, arch=args.arch if args.genotype is None else str(args.genotype), init=args.init,
+                              weight_decay=args.weight_decay, pseudo_weight=args.pseudo_weight, sic=args.sic,
+                              input_size=args.input, init_checkpoint=args.init_checkpoint,
+                              precise_bn_batches=args.precise_bn_batches)
     for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
-    if args.genotype is not None:
-        config.arch = str(args.genotype)
+        setattr(config, key, value)
     run_training(config, resume=args.resume)
     return 0
 
@@ -159,13 +179,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from effpose.training.config import TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    overrides = {"space": args.space, "cost": args.cost, "lut": args.lut, "target_cost": args.target_cost,
-                 "cost_lambda": args.cost_lambda, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs,
-                 "samples_per_epoch": args.samples_per_epoch, "batch_size": args.batch_size, "input_size": args.input,
-                 "lr": args.lr, "arch_lr": args.arch_lr, "init": args.init, "workers": args.workers,
-                 "max_steps_per_epoch": args.max_steps_per_epoch, "seed": args.seed, "out_dir": args.out_dir}
-    config = SearchConfig.from_training_config(TrainConfig.load(args.config),
-                                               **{key: value for key, value in overrides.items() if value is not None})
+    overrides = run_overrides(args, space=args.space, cost=args.cost, lut=args.lut, target_cost=args.target_cost,
+                              cost_lambda=args.cost_lambda, warmup_epochs=args.warmup_epochs, input_size=args.input,
+                              arch_lr=args.arch_lr, init=args.init)
+    config = SearchConfig.from_training_config(TrainConfig.load(args.config), **overrides)
     run_search(config, resume=args.resume)
     return 0
 
@@ -194,13 +211,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = DetectorConfig.load(args.config) if args.config else DetectorConfig()
-    overrides = {"arch": args.arch, "init": args.init, "input_size": args.input, "epochs": args.epochs,
-                 "batch_size": args.batch_size, "lr": args.lr, "workers": args.workers, "out_dir": args.out_dir,
-                 "samples_per_epoch": args.samples_per_epoch, "max_steps_per_epoch": args.max_steps_per_epoch,
-                 "seed": args.seed}
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
+    for key, value in run_overrides(args, arch=args.arch, init=args.init, input_size=args.input).items():
+        setattr(config, key, value)
     run_detector_training(config, resume=args.resume)
     return 0
 
@@ -277,18 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-checkpoint", help="override: start from these weights (e.g. a lower-resolution run)")
     train.add_argument("--input", type=parse_input_size, help="override: HEIGHTxWIDTH crop size")
     train.add_argument("--precise-bn-batches", type=int, help="override: BN re-estimation batches before validation")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int, help="per process")
-    train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float, help="override: L2 penalty added to the Adam gradients")
-    train.add_argument("--workers", type=int, help="data loader processes")
-    train.add_argument("--samples-per-epoch", type=int)
-    train.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
     train.add_argument("--pseudo-weight", type=float, help="loss weight of pseudo-labelled keypoints")
     train.add_argument("--sic", action=argparse.BooleanOptionalAction, default=None, help="spatial info correction")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--out-dir", help="checkpoints, config and metrics.jsonl go here")
-    train.add_argument("--resume", type=Path, help="continue from a last.pt")
+    add_run_arguments(train)
     train.set_defaults(func=cmd_train)
 
     search = commands.add_parser("search", help="cost-aware architecture search (FNA); also under torchrun",
@@ -304,18 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--config", type=Path, default=Path("configs/efficientpose_a_coco17.json"),
                         help="training config whose data is searched on (sources, crop size, sigma, augmentation)")
     search.add_argument("--input", type=parse_input_size, help="override: HEIGHTxWIDTH crop size")
-    search.add_argument("--epochs", type=int, help="all epochs, warm-up included")
     search.add_argument("--warmup-epochs", type=int, help="epochs of uniform paths, no architecture updates")
-    search.add_argument("--samples-per-epoch", type=int, help="weight-step samples per epoch (default: all)")
-    search.add_argument("--batch-size", type=int, help="per process")
-    search.add_argument("--lr", type=float, help="weights' learning rate")
     search.add_argument("--arch-lr", type=float, help="alphas' learning rate")
     search.add_argument("--init", choices=("scratch", "lite0"), help="scratch (default) or FNA-remapped ImageNet seed")
-    search.add_argument("--workers", type=int, help="data loader processes per loader")
-    search.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
-    search.add_argument("--seed", type=int)
-    search.add_argument("--out-dir", help="outputs go here (default runs/search)")
-    search.add_argument("--resume", type=Path, help="continue from a last.pt")
+    add_run_arguments(search)
     search.set_defaults(func=cmd_search)
 
     lut = commands.add_parser("build-lut", help="latency lookup table for effpose search --cost latency",
@@ -336,15 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     detector.add_argument("--arch", help="override: trunk genotype (A, B, C, mbv2 or a genotype JSON)")
     detector.add_argument("--init", choices=("scratch", "lite0"), help="override: scratch or FNA-remapped ImageNet seed")
     detector.add_argument("--input", type=int, help="override: square input side S (multiple of 32)")
-    detector.add_argument("--epochs", type=int)
-    detector.add_argument("--batch-size", type=int, help="per process")
-    detector.add_argument("--lr", type=float)
-    detector.add_argument("--workers", type=int, help="data loader processes")
-    detector.add_argument("--samples-per-epoch", type=int)
-    detector.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (smoke tests)")
-    detector.add_argument("--seed", type=int)
-    detector.add_argument("--out-dir", help="checkpoints, config and metrics.jsonl go here")
-    detector.add_argument("--resume", type=Path, help="continue from a last.pt")
+    add_run_arguments(detector)
     detector.set_defaults(func=cmd_train_detector)
 
     export_det = commands.add_parser("export-detector", help="export a detector checkpoint to ONNX with a parity check")

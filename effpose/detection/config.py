@@ -8,13 +8,12 @@ repository root). Absolute paths are used as they are.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from effpose.detection.augment import DetectionAugment
-from effpose.training.config import DataSource
+from effpose.training.config import DataSource, JsonConfig
 
 BOX_KINDS: tuple[str, ...] = ("gt", "teacher", "merged")
 
@@ -53,7 +52,7 @@ class DetectionSource(DataSource):
 
 
 @dataclass
-class DetectorConfig:
+class DetectorConfig(JsonConfig):
     """Everything one detector training run depends on; saved next to its checkpoints.
 
     ``input_size`` is the square input side S. ``val`` sources are scored with their GT person boxes
@@ -101,15 +100,6 @@ class DetectorConfig:
             augment["scale_range"] = tuple(augment["scale_range"])
         data["augment"] = DetectionAugment(**augment)
         return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> DetectorConfig:
-        """Read a JSON config file."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
 
     def validate(self) -> None:
         """Fail early with a clear message on settings that cannot work."""

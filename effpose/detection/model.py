@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from effpose.genotype import Genotype, load_genotype
 from effpose.model.blocks import ConvBNReLU
-from effpose.model.network import GenotypeTrunk
+from effpose.model.network import GenotypeTrunk, init_weights
 from effpose.processing import INPUT_MEAN, INPUT_STD
 
 KIND = "person_detector"  # checkpoint config "kind" and ONNX metadata effpose.kind
@@ -63,7 +63,7 @@ class CenterNetDetector(GenotypeTrunk):
         self.heatmap = _prediction_head(width, 1)
         self.size = _prediction_head(width, 2)
         self.offset = _prediction_head(width, 2)
-        self._init_weights()
+        init_weights(self)
         for head in (self.heatmap, self.size, self.offset):
             nn.init.normal_(head[-1].weight, std=0.001)
             nn.init.zeros_(head[-1].bias)

@@ -69,7 +69,7 @@ class GenotypeTrunk(nn.Module):
     """Fixed stem + genotype backbone (output stride 16) + slim transposed-conv head (output stride 4).
 
     The trunk that EfficientPose and the person detector (``effpose.detection``) share: subclasses add their
-    prediction layers, call :meth:`_init_weights` once everything is built, and describe themselves in
+    prediction layers, call :func:`init_weights` once everything is built, and describe themselves in
     :meth:`config`. Submodule names (``stem``, ``backbone``, ``head``) are the state-dict prefixes.
     """
 
@@ -97,10 +97,6 @@ class GenotypeTrunk(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Stride-4 features (N, 32, H/4, W/4) of an input (N, 3, H, W)."""
         return self.head(self.backbone(self.stem(x)))
-
-    def _init_weights(self) -> None:
-        """:func:`init_weights` over every module built so far."""
-        init_weights(self)
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in checkpoints)."""

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -31,8 +31,21 @@ class DataSource:
         return root / self.annotations, root / self.images
 
 
+class JsonConfig:
+    """``load`` from a JSON file and ``to_dict`` for a dataclass config with a ``from_dict`` classmethod."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a JSON config file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything one training run depends on; saved next to its checkpoints."""
 
     arch: str = "A"  # A, B, C, mbv2 or a genotype JSON written by the search
@@ -76,15 +89,6 @@ class TrainConfig:
         if "input_size" in data:
             data["input_size"] = tuple(data["input_size"])
         return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        """Read a JSON config file."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
 
     def validate(self) -> None:
         """Fail early with a clear message on settings that cannot work."""
