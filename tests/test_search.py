@@ -21,7 +21,7 @@ from effpose.model import build_model, build_op, measure_complexity
 from effpose.model.seed import LITE0_STAGE_BLOCKS, load_lite0_state, remap_lite0
 from effpose.search.cost import CostTable, latency_table, mac_table
 from effpose.search.outputs import KERNEL_COLOURS, architecture_svg
-from effpose.search.searcher import SearchConfig, build_cost_table, cost_loss, split_by_image
+from effpose.search.searcher import SearchConfig, architecture_loss, build_cost_table, cost_loss, split_by_image
 from effpose.search.space import SearchSpace, StageLayout, get_space
 from effpose.search.supernet import MixedLayer, SuperNet
 
@@ -157,6 +157,21 @@ def test_expected_cost_and_cost_loss_by_hand() -> None:
     below = cost_loss(thousand, 0.1, target=2000.0)
     below.backward()
     assert below.item() == 0.0 and thousand.grad.item() == 0.0  # under the budget: no pressure
+
+
+def test_architecture_gradient_ignores_the_task_loss_scale_so_the_cost_cannot_swamp_a_small_mse() -> None:
+    model = _seeded_supernet()
+    table = mac_table(TINY, SIZE)
+    x, target = torch.randn(2, 3, *SIZE[::-1]), torch.rand(2, 17, SIZE[1] // 4, SIZE[0] // 4)
+    gradients = []
+    for scale in (1.0, 1e-3):  # a heatmap MSE is ~1e-3 of a cross-entropy
+        model.zero_grad()
+        model.sample(torch.Generator().manual_seed(0), uniform=False)
+        task = scale * ((model(x) - target) ** 2).mean()
+        architecture_loss(task, cost_loss(model.expected_cost(table), 0.05)).backward()
+        gradients.append(torch.cat([alpha.grad for alpha in model.arch_parameters()]))
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-4, atol=1e-9)
+    assert gradients[0].abs().sum() > 0
 
 
 def test_mac_table_is_measure_complexity_per_op_and_adds_up_to_whole_networks() -> None:

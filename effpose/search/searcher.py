@@ -5,11 +5,15 @@ a batch of the first half (pose recipe: Adam, heatmap MSE, the learning-rate sch
 after ``warmup_epochs`` epochs of uniformly sampled paths and no architecture updates, every step also updates
 the alphas on a batch of the second half (Adam, lr 5e-4, betas (0.5, 0.999), weight decay 1e-3) with
 
-    loss = task_loss + cost_loss,  cost_loss = lambda * log(E) / log(base)
+    loss = log(task_loss) + cost_loss,  cost_loss = lambda * log(E) / log(base)
 
 where E = :meth:`SuperNet.expected_cost` from a MAC or latency table (:mod:`effpose.search.cost`). With a
 ``target_cost`` T the cost term is a budget: lambda * max(0, log(E / T)) / log(base), no pressure below T and
 the same gradient as without a target above it (a plain log(E / T) would only shift the loss by a constant).
+The task term is the log of the heatmap loss, i.e. the loss is log(task_loss * E ** (lambda / ln base)), the
+multiplicative form of FBNet and ProxylessNAS: its gradient does not depend on the loss's scale. (FNA adds the
+cost to a cross-entropy of order 1; a per-pixel heatmap MSE is ~4e-3, and added as it is the cost term would
+swamp it: a measured proxy search collapsed to ``skip`` in 20 of 26 layers.)
 
 It runs on :class:`~effpose.training.trainer.TrainingLoop` (process setup, torchrun/DDP, schedule, metrics.jsonl,
 ``last.pt`` and ``--resume``). Under DDP the alphas are parameters of the wrapped module, so DDP averages their
@@ -114,6 +118,11 @@ def cost_loss(expected_cost: Tensor, cost_lambda: float, base: float = 10.0, tar
     return cost_lambda * torch.log(expected_cost) / math.log(base)
 
 
+def architecture_loss(task_loss: Tensor, cost: Tensor) -> Tensor:
+    """The alphas' loss: log(task_loss) + cost (see the module docstring), invariant to the task loss's scale."""
+    return torch.log(task_loss) + cost
+
+
 def build_cost_table(config: SearchConfig, space: SearchSpace) -> CostTable:
     """The MAC table of ``space`` at the config's input size, or the config's latency table (checked to fit)."""
     if config.cost == "macs":
@@ -197,7 +206,7 @@ class SearchLoop(TrainingLoop):
         cost = cost_loss(self.model.expected_cost(self.cost_table), self.config.cost_lambda, self.config.cost_base,
                          self.config.target_cost)
         self.arch_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(task + cost).backward()
+        self.scaler.scale(architecture_loss(task, cost)).backward()
         self.scaler.step(self.arch_optimizer)
         self.scaler.update()
         return {"arch": float(task.detach()), "cost": float(cost.detach())}
