@@ -2,6 +2,7 @@
 
     python scripts/release_model.py --run runs/efficientpose_a_coco17 [--name efficientpose_a_coco17]
                                     [--earlier-runs RUN ...]   # stages the run was initialised from, in order
+                                    [--continues-card CARD]    # or: the card of the model the run continued
 
 Exports ``best.pt`` to ``effpose/assets/NAME.onnx`` (parity-checked against torch), evaluates that ONNX file on every
 validation set of the run's config with GT boxes, with and without flip test, through the same code as
@@ -66,10 +67,13 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True, help="training run folder (best.pt, config.json, metrics)")
     parser.add_argument("--name", default="efficientpose_a_coco17")
     parser.add_argument("--earlier-runs", type=Path, nargs="*", default=[], help="earlier stages, in order")
+    parser.add_argument("--continues-card", type=Path, help="model card of the model the first run started from: "
+                        "its stages come first (read before the new card overwrites it)")
     args = parser.parse_args()
 
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    stages = [stage_summary(run) for run in [*args.earlier_runs, args.run]]
+    carried = json.loads(args.continues_card.read_text())["training"]["stages"] if args.continues_card else []
+    stages = [*carried, *(stage_summary(run) for run in [*args.earlier_runs, args.run])]
     model, extra = load_checkpoint(args.run / "best.pt")
     onnx_path = export_onnx(model, ASSETS_DIR / f"{args.name}.onnx", config.input_size, weights="trained")
     parity = check_parity(model, onnx_path, config.input_size)
