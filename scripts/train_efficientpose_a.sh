@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The staged CPU recipe that produced the shipped effpose/assets/efficientpose_a_coco17.onnx (2 cores, no GPU).
 # Stage 0 at 256x192 from the FNA-remapped EfficientNet-Lite0 seed; stage 1 continues at 128x96 (3.8x more samples
-# per second: progressive resizing); stage 2 fine-tunes at 256x192. Precise BN before every validation.
+# per second: progressive resizing); stage 2 fine-tunes at 256x192; stages 3 and 4 repeat the 128x96 / 256x192 pair
+# without weight decay (checkpoints/efficientpose_a_coco17/last.pt is the end of stage 2). Precise BN before every
+# validation.
 # With a GPU, run the base config alone for many more epochs instead (and torchrun for several GPUs).
 set -euo pipefail
 config=configs/efficientpose_a_coco17.json
@@ -11,4 +13,11 @@ effpose train --config "$config" --input 128x96 --epochs 18 --precise-bn-batches
   --init-checkpoint runs/stage0_256x192/last.pt --out-dir runs/stage1_128x96
 effpose train --config "$config" --epochs 3 --lr 0.0005 --precise-bn-batches 10 \
   --init-checkpoint runs/stage1_128x96/last.pt --out-dir runs/stage2_256x192
-python scripts/release_model.py --run runs/stage2_256x192 --name efficientpose_a_coco17
+effpose train --config "$config" --input 128x96 --epochs 20 --samples-per-epoch 12800 --weight-decay 0 \
+  --precise-bn-batches 10 --init-checkpoint runs/stage2_256x192/last.pt --out-dir runs/stage3_128x96
+effpose train --config "$config" --epochs 6 --lr 0.0005 --weight-decay 0 --precise-bn-batches 10 \
+  --init-checkpoint runs/stage3_128x96/best.pt --out-dir runs/stage4_256x192
+# (the release of 2026-12-02 had lost the stage 0-2 run folders and passed --earlier-runs runs/stage3_128x96
+#  --continues-card <the stage-2 card> instead: the stage list is the same)
+python scripts/release_model.py --run runs/stage4_256x192 --name efficientpose_a_coco17 \
+  --earlier-runs runs/stage0_256x192 runs/stage1_128x96 runs/stage2_256x192 runs/stage3_128x96
