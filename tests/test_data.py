@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from effpose.data import PersonRecord, load_person_records
 from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset, gaussian_heatmaps
+from effpose.detection.augment import DetectionAugment
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from effpose.processing import (
     INPUT_MEAN,
@@ -396,3 +397,16 @@ def test_mixed_loader_with_two_workers(synthetic) -> None:
     same = DataLoader(small, batch_size=1, sampler=[0, 0], num_workers=2)
     first, second = list(same)
     assert not torch.equal(first["image"], second["image"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: AugmentConfig(flip_prob=1.5), r"flip_prob must lie in \[0, 1\]"),
+    (lambda: AugmentConfig(brightness=1.0), r"brightness must lie in \[0, 1\)"),
+    (lambda: DetectionAugment(min_visible=-0.1), r"min_visible must lie in \[0, 1\]"),
+    (lambda: DetectionAugment(saturation=1.0), r"saturation must lie in \[0, 1\)"),
+])
+def test_augmentation_configs_reject_amounts_outside_their_range(make, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+    AugmentConfig(flip_prob=1.0, brightness=0.0)  # the closed / half-open ends themselves are fine
+    DetectionAugment(min_visible=1.0, saturation=0.0)

@@ -32,6 +32,14 @@ _LUMA_BGR = np.array([0.114, 0.587, 0.299], dtype=np.float32)
 _FLIP_ORDER = np.asarray(flip_order())
 
 
+def check_fractions(settings: object, names: Sequence[str], below_one: bool = False) -> None:
+    """Raise ValueError unless every named attribute of ``settings`` lies in [0, 1] (in [0, 1) with ``below_one``)."""
+    for name in names:
+        value = getattr(settings, name)
+        if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+            raise ValueError(f"{name} must lie in [0, {'1)' if below_one else '1]'}, got {value}")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Training augmentation amounts; the defaults are the release recipe (HRNet's COCO settings).
@@ -58,12 +66,8 @@ class AugmentConfig:
     saturation: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("rotation_prob", "flip_prob", "half_body_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("scale_factor", "brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        check_fractions(self, ("rotation_prob", "flip_prob", "half_body_prob"))
+        check_fractions(self, ("scale_factor", "brightness", "contrast", "saturation"), below_one=True)
         if self.rotation_deg < 0 or self.half_body_padding <= 0:
             raise ValueError("rotation_deg must be >= 0 and half_body_padding > 0")
 

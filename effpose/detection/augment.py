@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from effpose.data.dataset import jitter_colour
+from effpose.data.dataset import check_fractions, jitter_colour
 
 PAD_VALUE = 114  # the letterbox padding of the inference path
 
@@ -46,12 +46,8 @@ class DetectionAugment:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
-        for name in ("flip_prob", "mosaic_prob", "min_visible"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+        check_fractions(self, ("flip_prob", "mosaic_prob", "min_visible"))
+        check_fractions(self, ("brightness", "contrast", "saturation"), below_one=True)
         if self.min_box_size < 0:
             raise ValueError(f"min_box_size must be >= 0, got {self.min_box_size}")
 
