@@ -24,6 +24,30 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def parse_duration(text: str) -> float:
+    """Parse a time budget such as "150m", "2.5h", "90s" or "45" (minutes) into seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], text[-1]) if text[-1:].lower() in units else (text, "m")
+    try:
+        seconds = float(number) * units[unit.lower()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration looks like 150m, 2h or 90s, got {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be positive, got {text!r}")
+    return seconds
+
+
+def parse_cfg_option(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` config override; the value is JSON when it parses as JSON, else a string."""
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"a config override looks like key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """Parse "x1,y1,x2,y2" in image pixels."""
     try:
@@ -144,12 +168,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--out-dir", help="checkpoints, config.json, metrics.jsonl and outputs go here")
     parser.add_argument("--resume", type=Path, help="continue from a last.pt")
+    parser.add_argument("--stop-after", type=parse_duration, metavar="DURATION",
+                        help="time budget, e.g. 150m or 2h: then end cleanly (validate, checkpoint, export)")
+    parser.add_argument("--cfg-options", type=parse_cfg_option, nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. loss=fg_mse sigma=3 augment=light (JSON values)")
 
 
 def run_overrides(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
-    """The config fields the command line sets: :data:`RUN_FLAGS` and ``more``, those given (not None) only."""
+    """The config fields the command line sets: :data:`RUN_FLAGS`, ``more`` (those given, not None) and then
+    ``--cfg-options``."""
     given = {name: getattr(args, name) for name in RUN_FLAGS} | more
-    return {name: value for name, value in given.items() if value is not None}
+    return {name: value for name, value in given.items() if value is not None} | dict(args.cfg_options)
+
+
+def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
+    """``config`` rebuilt with ``overrides`` through its ``from_dict``, which rejects unknown keys."""
+    return type(config).from_dict({**config.to_dict(), **overrides})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -165,9 +199,27 @@ def cmd_train(args: argparse.Namespace) -> int:
                               weight_decay=args.weight_decay, pseudo_weight=args.pseudo_weight, sic=args.sic,
                               input_size=args.input, init_checkpoint=args.init_checkpoint,
                               precise_bn_batches=args.precise_bn_batches)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    run_training(config, resume=args.resume)
+    config = with_overrides(config, overrides)
+    run_training(config, resume=args.resume, stop_after_s=args.stop_after)
+    return 0
+
+
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    """Cut a training config's persons into one data pack file (for a machine that gets only the checkout)."""
+    from effpose.data import load_person_records
+    from effpose.data.pack import write_pack
+    from effpose.training.config import TrainConfig
+
+    config = TrainConfig.load(args.config)
+    input_size = args.input or config.input_size
+    sources = {source.name: load_person_records(*source.paths(), source=source.name) for source in config.train}
+    meta = write_pack(sources, args.out, input_size, context=args.context, quality=args.quality)
+    size_mib = args.out.stat().st_size / 2**20
+    print(json.dumps({"out": str(args.out), "mib": round(size_mib, 2), **meta}))
+    if size_mib > args.max_mib:
+        print(f"error: the pack is {size_mib:.1f} MiB, over --max-mib {args.max_mib}: lower --quality or --context",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -183,7 +235,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                               cost_lambda=args.cost_lambda, warmup_epochs=args.warmup_epochs, input_size=args.input,
                               arch_lr=args.arch_lr, init=args.init)
     config = SearchConfig.from_training_config(TrainConfig.load(args.config), **overrides)
-    run_search(config, resume=args.resume)
+    run_search(config, resume=args.resume, stop_after_s=args.stop_after)
     return 0
 
 
@@ -211,9 +263,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = DetectorConfig.load(args.config) if args.config else DetectorConfig()
-    for key, value in run_overrides(args, arch=args.arch, init=args.init, input_size=args.input).items():
-        setattr(config, key, value)
-    run_detector_training(config, resume=args.resume)
+    config = with_overrides(config, run_overrides(args, arch=args.arch, init=args.init, input_size=args.input))
+    run_detector_training(config, resume=args.resume, stop_after_s=args.stop_after)
     return 0
 
 
@@ -289,11 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-checkpoint", help="override: start from these weights (e.g. a lower-resolution run)")
     train.add_argument("--input", type=parse_input_size, help="override: HEIGHTxWIDTH crop size")
     train.add_argument("--precise-bn-batches", type=int, help="override: BN re-estimation batches before validation")
-    train.add_argument("--weight-decay", type=float, help="override: L2 penalty added to the Adam gradients")
+    train.add_argument("--weight-decay", type=float, help="override: AdamW's decoupled decay of the conv weights")
     train.add_argument("--pseudo-weight", type=float, help="loss weight of pseudo-labelled keypoints")
     train.add_argument("--sic", action=argparse.BooleanOptionalAction, default=None, help="spatial info correction")
     add_run_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    data = commands.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
+    pack = data.add_parser("pack", help="cut a config's training persons (with context) into one small file")
+    pack.add_argument("--config", type=Path, required=True, help="training config whose train sources are packed")
+    pack.add_argument("--out", type=Path, required=True, help="the pack (.npz); train with --cfg-options pack=FILE")
+    pack.add_argument("--input", type=parse_input_size, help="HEIGHTxWIDTH the crops are sized for (default: "
+                      "the config's)")
+    pack.add_argument("--context", type=float, default=1.35, help="crop side / padded box diagonal (augmentation room)")
+    pack.add_argument("--quality", type=int, default=80, help="WebP quality, 1-100")
+    pack.add_argument("--max-mib", type=float, default=48.0, help="fail when the pack is larger")
+    pack.set_defaults(func=cmd_data_pack)
 
     search = commands.add_parser("search", help="cost-aware architecture search (FNA); also under torchrun",
                                  description="Search one op per layer of a search space on a training config's "

@@ -8,16 +8,15 @@
 set -euo pipefail
 config=configs/efficientpose_a_coco17.json
 
-effpose train --config "$config" --epochs 12 --out-dir runs/stage0_256x192   # stopped after 5 of 12 cosine epochs
-effpose train --config "$config" --input 128x96 --epochs 18 --precise-bn-batches 10 \
+# stages 0-2 used Adam's coupled L2 (1e-4), which the trainer no longer offers: AdamW's decoupled decay stands in
+effpose train --config "$config" --epochs 12 --weight-decay 0.0001 --out-dir runs/stage0_256x192  # stopped after 5 of 12
+effpose train --config "$config" --input 128x96 --epochs 18 --weight-decay 0.0001 --precise-bn-batches 10 \
   --init-checkpoint runs/stage0_256x192/last.pt --out-dir runs/stage1_128x96
-effpose train --config "$config" --epochs 3 --lr 0.0005 --precise-bn-batches 10 \
+effpose train --config "$config" --epochs 3 --lr 0.0005 --weight-decay 0.0001 --precise-bn-batches 10 \
   --init-checkpoint runs/stage1_128x96/last.pt --out-dir runs/stage2_256x192
 effpose train --config "$config" --input 128x96 --epochs 20 --samples-per-epoch 12800 --weight-decay 0 \
   --precise-bn-batches 10 --init-checkpoint runs/stage2_256x192/last.pt --out-dir runs/stage3_128x96
 effpose train --config "$config" --epochs 6 --lr 0.0005 --weight-decay 0 --precise-bn-batches 10 \
   --init-checkpoint runs/stage3_128x96/best.pt --out-dir runs/stage4_256x192
-# (the release of 2026-12-02 had lost the stage 0-2 run folders and passed --earlier-runs runs/stage3_128x96
-#  --continues-card <the stage-2 card> instead: the stage list is the same)
-python scripts/release_model.py --run runs/stage4_256x192 --name efficientpose_a_coco17 \
-  --earlier-runs runs/stage0_256x192 runs/stage1_128x96 runs/stage2_256x192 runs/stage3_128x96
+# (historical: the five stages were followed by the campaign, scripts/campaign_run.sh, which resumes their end)
+python scripts/release_model.py --run runs/stage4_256x192 --name efficientpose_a_coco17

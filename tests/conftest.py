@@ -43,7 +43,7 @@ def tiny_config(tmp_path: Path, data_dir: Path) -> Path:
     config = {
         "arch": "A", "input_size": [96, 128], "init": "scratch", "train": [source], "val": [source],
         "epochs": 6, "samples_per_epoch": 32, "batch_size": 8, "lr": 0.001, "schedule": "step", "lr_steps": [],
-        "warmup_steps": 1, "augment": False, "workers": 0, "out_dir": str(tmp_path / "run"),
+        "warmup_steps": 1, "augment": "none", "workers": 0, "out_dir": str(tmp_path / "run"),
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))

@@ -10,7 +10,7 @@ jitter; a flip is composed into the crop matrix, so joints and pixels share one 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,17 @@ class AugmentConfig:
             raise ValueError("rotation_deg must be >= 0 and half_body_padding > 0")
 
     @classmethod
+    def preset(cls, name: str) -> AugmentConfig:
+        """``"release"`` (the defaults), ``"light"`` (smaller geometric and colour changes, no half body: for a
+        model that still under-fits) or ``"none"``."""
+        presets = {"release": cls, "none": cls.none,
+                   "light": lambda: cls(scale_factor=0.25, rotation_deg=20.0, rotation_prob=0.4, half_body_prob=0.0,
+                                        brightness=0.1, contrast=0.1, saturation=0.1)}
+        if name not in presets:
+            raise ValueError(f"augmentation preset must be one of {sorted(presets)}, got {name!r}")
+        return presets[name]()
+
+    @classmethod
     def none(cls) -> AugmentConfig:
         """No augmentation at all (validation): the crop is the padded person box, as at inference."""
         return cls(
@@ -102,6 +113,11 @@ def read_image(path: str | Path) -> np.ndarray:
             raise FileNotFoundError(f"image not found: {path}")
         raise ValueError(f"could not decode image: {path}")
     return image
+
+
+def read_record_image(record: PersonRecord) -> np.ndarray:
+    """The BGR image of ``record`` from its file (the default image reader of :class:`TopDownDataset`)."""
+    return read_image(record.image_path)
 
 
 def gaussian_heatmaps(points: np.ndarray, heatmap_size: tuple[int, int], sigma: float) -> np.ndarray:
@@ -148,7 +164,8 @@ class TopDownDataset(Dataset):
     0); ``"target_weight"`` float32 (17,): 1 for a labelled joint inside the heatmap,
     ``pseudo_weight`` for a pseudo-labelled one, 0 for unlabelled joints and joints outside the
     heatmap (beyond its pixels' extent); ``"matrix"`` float64 (2, 3) image -> input matrix of this
-    crop (flip included); ``"index"`` the item index. ``input_size`` is (width, height).
+    crop (flip included); ``"index"`` the item index. ``input_size`` is (width, height). ``read`` gives a
+    record's BGR image (default: its file; :class:`~effpose.data.pack.PackedImages` for a data pack).
 
     With ``train=True`` every item draws new ``augment`` parameters (default: the release recipe)
     from a numpy generator seeded lazily from ``torch.initial_seed()``, so each DataLoader worker
@@ -167,6 +184,7 @@ class TopDownDataset(Dataset):
         pseudo_weight: float = 0.5,
         padding: float = 1.25,
         stride: int = 4,
+        read: Callable[[PersonRecord], np.ndarray] = read_record_image,
     ) -> None:
         width, height = int(input_size[0]), int(input_size[1])
         if stride < 1 or width % stride or height % stride:
@@ -184,6 +202,7 @@ class TopDownDataset(Dataset):
         self.augment = augment if augment is not None else (AugmentConfig() if train else AugmentConfig.none())
         self.pseudo_weight = float(pseudo_weight)
         self.padding = float(padding)
+        self.read = read
         self._rng: np.random.Generator | None = None
         self._rng_seed: int | None = None
 
@@ -260,7 +279,7 @@ class TopDownDataset(Dataset):
         record = self.records[index]
         matrix = self.crop_matrix(params)
         crop = cv2.warpAffine(
-            read_image(record.image_path), matrix, self.input_size,
+            self.read(record), matrix, self.input_size,
             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0,
         )
         if (params.brightness, params.contrast, params.saturation) != (1.0, 1.0, 1.0):

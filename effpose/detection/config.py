@@ -80,7 +80,7 @@ class DetectorConfig(JsonConfig):
     augment: DetectionAugment = field(default_factory=DetectionAugment)
     select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' box AP, or "<val name>/AP"
     workers: int = 1
-    amp: bool = True  # mixed precision, only used on CUDA
+    amp: bool = True  # bfloat16 autocast, only used on CUDA
     channels_last: bool = True
     seed: int = 0
     max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)

@@ -26,13 +26,6 @@ from effpose.training.trainer import Environment, TrainingLoop, initialise, log,
 VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Parameter groups for AdamW: convolution weights decay, BN parameters and biases do not."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def validate_detector(model: CenterNetDetector, config: DetectorConfig) -> dict[str, float]:
     """Box AP / AP50 / AR of the current weights on every validation source (GT boxes), through ONNX Runtime."""
     from effpose.detectors import OnnxYoloDetector
@@ -67,10 +60,6 @@ class DetectorTrainer(TrainingLoop):
         initialise(model, self.config.init, self.config.init_checkpoint)
         return model
 
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW (see :func:`decay_groups`)."""
-        return torch.optim.AdamW(decay_groups(self.model, self.config.weight_decay), lr=self.config.lr)
-
     def build_loader(self) -> tuple[DataLoader, MixedSampler]:
         """Every training source's images, mixed by their ratios."""
         datasets = []
@@ -95,6 +84,7 @@ class DetectorTrainer(TrainingLoop):
         return validate_detector(self.model, self.config) if self.config.val else {}
 
 
-def run_detector_training(config: DetectorConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
+def run_detector_training(config: DetectorConfig, resume: str | Path | None = None,
+                          stop_after_s: float | None = None) -> list[dict[str, Any]]:
     """Entry point of ``effpose train-detector`` (also under torchrun)."""
-    return run_loop(DetectorTrainer, config, resume)
+    return run_loop(DetectorTrainer, config, resume, stop_after_s)

@@ -49,6 +49,7 @@ from effpose.training.trainer import (
     Environment,
     TrainingLoop,
     build_train_data,
+    decay_groups,
     initialise,
     load_train_records,
     run_loop,
@@ -75,7 +76,7 @@ class SearchConfig(TrainConfig):
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
     epochs: int = 20
-    schedule: Literal["step", "cosine"] = "cosine"
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
     out_dir: str = "runs/search"
 
     @classmethod
@@ -83,7 +84,7 @@ class SearchConfig(TrainConfig):
         """A search on ``config``'s data: its training sources, crop size, heatmap sigma, pseudo-label weight and
         augmentation; ``settings`` set the rest."""
         data = {"train": config.train, "input_size": config.input_size, "sigma": config.sigma,
-                "pseudo_weight": config.pseudo_weight, "augment": config.augment}
+                "pseudo_weight": config.pseudo_weight, "augment": config.augment, "pack": config.pack}
         return cls(**{**data, **settings})
 
     def validate(self) -> None:
@@ -157,17 +158,18 @@ class SearchLoop(TrainingLoop):
         return model
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """Adam with L2 weight decay on the weights (the pose recipe); the alphas have their own optimiser."""
-        return torch.optim.Adam(self.model.weight_parameters(), lr=self.config.lr,
-                                weight_decay=self.config.weight_decay)
+        """AdamW on the weights (see :func:`decay_groups`); the alphas have their own optimiser."""
+        return torch.optim.AdamW(decay_groups(list(self.model.weight_parameters()), self.config.weight_decay),
+                                 lr=self.config.lr)
 
     def build_loader(self) -> tuple[DataLoader, MixedSampler]:
         """The weight half's loader; the architecture half's goes to ``arch_loader`` / ``arch_sampler``."""
-        halves = [split_by_image(records, self.config.seed) for records in load_train_records(self.config)]
+        records, read = load_train_records(self.config)
+        halves = [split_by_image(part, self.config.seed) for part in records]
         weight_data, weight_sampler = build_train_data(self.config, self.env, self.config.augment,
-                                                       records=[weights for weights, _ in halves])
+                                                       persons=([weights for weights, _ in halves], read))
         arch_data, self.arch_sampler = build_train_data(self.config, self.env, self.config.augment,
-                                                        records=[arch for _, arch in halves])
+                                                        persons=([arch for _, arch in halves], read))
         self.arch_loader = self.make_loader(arch_data, self.arch_sampler)
         return self.make_loader(weight_data, weight_sampler), weight_sampler
 
@@ -177,14 +179,14 @@ class SearchLoop(TrainingLoop):
         weight = batch["target_weight"].to(self.env.device, non_blocking=True)
         return {"loss": self.criterion(output.float(), target, weight)}
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, stop_at: float | None = None) -> dict[str, Any]:
         """A warm-up or search epoch; adds the phase, the alphas' learning rate and their agreement across ranks."""
         self.searching = epoch >= self.config.warmup_epochs
         self.paths.manual_seed(self.config.seed * 1_000_003 + epoch)  # alike on every rank: one path for all
         if self.searching:
             self.arch_sampler.set_epoch(epoch)
             self.arch_batches = iter(self.arch_loader)
-        stats = super().train_epoch(epoch)
+        stats = super().train_epoch(epoch, stop_at)
         self.arch_batches = None
         return {**stats, "phase": "search" if self.searching else "warmup", "arch_lr": self.config.arch_lr,
                 "alpha_rank_difference": self.alpha_rank_difference()}
@@ -200,15 +202,14 @@ class SearchLoop(TrainingLoop):
     def arch_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """Update the alphas on a batch of the architecture half; returns its task loss and the cost loss."""
         self.model.sample(self.paths, uniform=False)
-        with torch.autocast(self.env.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             output = self.network(self.input_images(batch))
         task = self.compute_loss(output, batch)["loss"]
         cost = cost_loss(self.model.expected_cost(self.cost_table), self.config.cost_lambda, self.config.cost_base,
                          self.config.target_cost)
         self.arch_optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(architecture_loss(task, cost)).backward()
-        self.scaler.step(self.arch_optimizer)
-        self.scaler.update()
+        architecture_loss(task, cost).backward()
+        self.arch_optimizer.step()
         return {"arch": float(task.detach()), "cost": float(cost.detach())}
 
     def alpha_rank_difference(self) -> float:
@@ -248,6 +249,7 @@ class SearchLoop(TrainingLoop):
         write_search_outputs(self.model, self.cost_table, self.out_dir, self.genotype_name)
 
 
-def run_search(config: SearchConfig, resume: str | Path | None = None) -> list[dict[str, Any]]:
+def run_search(config: SearchConfig, resume: str | Path | None = None,
+               stop_after_s: float | None = None) -> list[dict[str, Any]]:
     """Entry point of ``effpose search`` (also under torchrun); returns the per-epoch history."""
-    return run_loop(SearchLoop, config, resume)
+    return run_loop(SearchLoop, config, resume, stop_after_s)

@@ -52,6 +52,7 @@ class TrainConfig(JsonConfig):
     sic: bool = True
     input_size: tuple[int, int] = (192, 256)  # (width, height)
     train: list[DataSource] = field(default_factory=list)
+    pack: str = ""  # a data pack (`effpose data pack`) replaces the train sources' files (their names and ratios stay)
     val: list[DataSource] = field(default_factory=list)
     init: Literal["scratch", "lite0"] = "scratch"  # lite0: FNA remap of EfficientNet-Lite0 ImageNet weights
     init_checkpoint: str = ""  # start from these weights instead (fine-tuning, progressive resizing)
@@ -59,18 +60,21 @@ class TrainConfig(JsonConfig):
     samples_per_epoch: int = 0  # 0: the summed size of the training sources
     batch_size: int = 32  # per process
     lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: Literal["step", "cosine"] = "step"
+    weight_decay: float = 0.0  # AdamW (decoupled), on conv weights only; Adam's coupled L2 starved the heatmaps
+    schedule: Literal["step", "cosine", "constant"] = "step"  # constant: the open-ended campaign (with ema_decay)
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs where lr is multiplied by 0.1
     warmup_steps: int = 300
     sigma: float = 2.0
-    augment: bool = True  # the release recipe (scale, rotation, flip, half body, colour); off for smoke tests
+    loss: Literal["mse", "fg_mse"] = "mse"  # fg_mse: pixel weight 1 + fg_weight * target (see JointsMSELoss)
+    fg_weight: float = 10.0
+    augment: Literal["release", "light", "none"] = "release"  # AugmentConfig.preset; "none" for smoke tests
+    ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights
     pseudo_weight: float = 0.5  # loss weight of pseudo-labelled keypoints (0 drops them)
     precise_bn_batches: int = 0  # before validating, re-estimate BN statistics on this many un-augmented batches
     select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' AP, or "<val name>/AP"
     val_flip: bool = False
     workers: int = 2
-    amp: bool = True  # mixed precision, only used on CUDA
+    amp: bool = True  # bfloat16 autocast, only used on CUDA
     channels_last: bool = True
     seed: int = 0
     max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)
@@ -94,7 +98,9 @@ class TrainConfig(JsonConfig):
         """Fail early with a clear message on settings that cannot work."""
         if not self.train:
             raise ValueError("the config has no training data sources")
-        for source in self.train + self.val:
+        if self.pack and not Path(self.pack).is_file():
+            raise FileNotFoundError(f"data pack {self.pack} not found (write one with `effpose data pack`)")
+        for source in self.val if self.pack else self.train + self.val:
             for path in source.paths():
                 if not path.exists():
                     raise FileNotFoundError(f"data source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
@@ -103,3 +109,5 @@ class TrainConfig(JsonConfig):
         width, height = self.input_size
         if width % 32 or height % 32:
             raise ValueError(f"input size {self.input_size} must be multiples of 32")
+        if self.weight_decay < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("weight_decay must be >= 0 and ema_decay in [0, 1)")
