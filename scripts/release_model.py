@@ -1,32 +1,41 @@
 """Ship a training run's best checkpoint: export it into the package and write its model card.
 
-    python scripts/release_model.py --run runs/efficientpose_a_coco17 [--name efficientpose_a_coco17]
-                                    [--earlier-runs RUN ...]   # stages the run was initialised from, in order
-                                    [--continues-card CARD]    # or: the card of the model the run continued
+    python scripts/release_model.py --run runs/campaign_r3 [--name efficientpose_a_coco17] [--only-if-better]
+                                    [--note "what the history does not say"]
 
 Exports ``best.pt`` to ``effpose/assets/NAME.onnx`` (parity-checked against torch), evaluates that ONNX file on every
 validation set of the run's config with GT boxes, with and without flip test, through the same code as
-``effpose eval``, and writes ``effpose/assets/NAME.json``: data, recipe, epochs, wall time, hardware, params, MACs
-and the measured results. Re-running ``effpose eval`` on the shipped file reproduces the card's numbers.
+``effpose eval``, and writes ``effpose/assets/NAME.json``: data, recipe, input size, crops seen, CPU and wall hours
+(the totals of the campaign history in the checkpoint), hardware, params, MACs and the measured results.
+``--only-if-better`` ships only when the mean flip-test AP over the validation sets beats the shipped card's, so
+the package always holds the best released model. Re-running ``effpose eval`` on the shipped file reproduces the
+card's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
-from effpose.cards import read_history, write_card
+from effpose.cards import write_card
 from effpose.evaluation import evaluate, load_estimator
 from effpose.export import check_parity, export_onnx
 from effpose.machine import cpu_model
 from effpose.model import load_checkpoint, measure_complexity
 from effpose.training.config import TrainConfig
+
+#: Recipe fields a card records (the rest of a config is paths and bookkeeping).
+RECIPE_FIELDS = ("arch", "sic", "init", "batch_size", "lr", "weight_decay", "schedule", "warmup_steps", "sigma", "loss",
+                 "fg_weight", "augment", "ema_decay", "pseudo_weight", "precise_bn_batches", "channels_last")
 
 
 def evaluate_shipped(onnx_path: Path, config: TrainConfig) -> dict[str, dict[str, float]]:
@@ -43,38 +52,48 @@ def evaluate_shipped(onnx_path: Path, config: TrainConfig) -> dict[str, dict[str
     return results
 
 
-def stage_summary(run: Path) -> dict:
-    """Input size, epochs, samples and hours of one training run (one stage of a staged recipe)."""
-    config = json.loads((run / "config.json").read_text())
-    history = read_history(run)
+def mean_flip_ap(results: dict[str, dict[str, float]]) -> float:
+    """The release criterion: mean flip-test AP over the validation sets of a card's results."""
+    return float(np.mean([value["AP"] for key, value in results.items() if key.endswith("_flip")]))
+
+
+def training_summary(config: TrainConfig, record: dict, note: str) -> dict:
+    """The card's training section: data, recipe and the campaign totals up to the released epoch."""
+    devices = "GPU" if record.get("device") == "cuda" else f"CPU only, {record.get('threads', '?')} threads"
     return {
-        "run": run.name,
-        "input": config["input_size"],
-        "init": config["init_checkpoint"] or config["init"],
-        "epochs_run": len(history),
-        "samples_per_epoch": config["samples_per_epoch"],
-        "samples_seen": config["samples_per_epoch"] * len(history),
-        "lr": config["lr"],
-        "weight_decay": config["weight_decay"],
-        "precise_bn_batches": config.get("precise_bn_batches", 0),
-        "train_hours": round(sum(h["train_seconds"] + h["val_seconds"] for h in history) / 3600, 2),
+        "data": [{"name": s.name, "annotations": s.annotations, "ratio": s.ratio} for s in config.train],
+        "recipe": {key: config.to_dict()[key] for key in RECIPE_FIELDS},
+        "input": {"width": config.input_size[0], "height": config.input_size[1]},
+        "epoch": record["epoch"],
+        "crops_seen": record.get("crops_seen"),
+        "cpu_hours": round(record["cpu_hours"], 2) if "cpu_hours" in record else None,
+        "wall_hours": round(record["wall_hours"], 2) if "wall_hours" in record else None,
+        "hardware": f"{cpu_model()}, {devices} (torch {torch.__version__})",
+        "note": note,
     }
 
 
-def main() -> None:
-    """Export, evaluate and write the card."""
+def main() -> int:
+    """Export, evaluate, compare and write the card; exit 0 when shipped, 3 when not better (--only-if-better)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="training run folder (best.pt, config.json, metrics)")
+    parser.add_argument("--run", type=Path, required=True, help="training run folder (best.pt, config.json)")
     parser.add_argument("--name", default="efficientpose_a_coco17")
-    parser.add_argument("--earlier-runs", type=Path, nargs="*", default=[], help="earlier stages, in order")
-    parser.add_argument("--continues-card", type=Path, help="model card of the model the first run started from: "
-                        "its stages come first (read before the new card overwrites it)")
+    parser.add_argument("--only-if-better", action="store_true", help="ship only if it beats the shipped card")
+    parser.add_argument("--note", default="", help="free text for the card (e.g. what came before the history)")
     args = parser.parse_args()
 
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
-    carried = json.loads(args.continues_card.read_text())["training"]["stages"] if args.continues_card else []
-    stages = [*carried, *(stage_summary(run) for run in [*args.earlier_runs, args.run])]
     model, extra = load_checkpoint(args.run / "best.pt")
+    card_path = ASSETS_DIR / f"{args.name}.json"
+    with tempfile.TemporaryDirectory(prefix="effpose-release-") as folder:
+        candidate = export_onnx(model, Path(folder) / f"{args.name}.onnx", config.input_size, weights="trained")
+        results = evaluate_shipped(candidate, config)
+        if args.only_if_better and card_path.is_file():
+            shipped = mean_flip_ap(json.loads(card_path.read_text())["validation_gt_boxes"])
+            if mean_flip_ap(results) <= shipped:
+                print(json.dumps({"released": False, "candidate_mean_flip_AP": mean_flip_ap(results),
+                                  "shipped_mean_flip_AP": shipped, "validation_gt_boxes": results}, indent=2))
+                return 3
     onnx_path = export_onnx(model, ASSETS_DIR / f"{args.name}.onnx", config.input_size, weights="trained")
     parity = check_parity(model, onnx_path, config.input_size)
     stats = measure_complexity(model, config.input_size)
@@ -87,25 +106,15 @@ def main() -> None:
         "keypoints": "COCO-17",
         "params": stats.params,
         "macs": stats.macs,
-        "training": {
-            "data": [{"name": s.name, "annotations": s.annotations, "ratio": s.ratio} for s in config.train],
-            "init": stages[0]["init"],
-            "recipe": {key: config.to_dict()[key] for key in (  # shared by every stage; the rest is per stage
-                "batch_size", "schedule", "warmup_steps", "sigma", "augment", "pseudo_weight", "sic",
-                "channels_last")},
-            "best_epoch_of_last_stage": extra["epoch"],
-            "stages": stages,
-            "epochs_run": sum(s["epochs_run"] for s in stages),
-            "samples_seen": sum(s["samples_seen"] for s in stages),
-            "train_hours": round(sum(s["train_hours"] for s in stages), 2),
-            "hardware": f"{cpu_model()}, {torch.get_num_threads()} threads, CPU only (torch {torch.__version__})",
-        },
-        "validation_gt_boxes": evaluate_shipped(onnx_path, config),
+        "training": training_summary(config, extra["metrics"], args.note),
+        "validation_gt_boxes": results,
     }
     write_card(args.name, card, onnx_path, parity, f"effpose eval --model effpose/assets/{onnx_path.name} "
                "--annotations $EFFPOSE_DATA/<annotations> --images $EFFPOSE_DATA/<images> [--flip] --json")
-    print(json.dumps(card["validation_gt_boxes"], indent=2))
+    print(json.dumps({"released": True, "mean_flip_AP": mean_flip_ap(results), "validation_gt_boxes": results},
+                     indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
