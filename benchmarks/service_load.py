@@ -1,7 +1,7 @@
 """Load test of the effpose service over real HTTP and gRPC on loopback, with real COCO JPEGs.
 
-    python benchmarks/service_load.py [--quick] [--duration S] [--boxes N] [--detector-model PATH | --whole-image]
-                                      [--slo-ms MS]
+    python benchmarks/service_load.py [--quick | --stress] [--duration S] [--boxes N]
+                                      [--detector-model PATH | --whole-image] [--slo-ms MS]
                                       [--threads N] [--http HOST:PORT --grpc HOST:PORT] [--data DIR] [--out FILE]
 
 Without --http/--grpc the script starts ``effpose serve`` itself: a subprocess on free loopback ports with
@@ -27,6 +27,21 @@ used once /readyz answers 200, stopped with SIGTERM at the end (exit code and sh
 5. Batcher off (EFFPOSE_BATCHING=false, a second server) against the part-1 points, over HTTP at C = 1 and at the
    saturating C.
 
+With --stress the script runs the overload, memory and shutdown checks instead (each on a fresh server, default
+settings otherwise) and writes benchmarks/results/service_stress.json:
+
+S1. Overload, open loop over HTTP: the capacity is the best closed-loop HTTP req/s at --concurrency; then Poisson
+    arrivals at --loads times it (default 50%, 200%, 400%). Per point: goodput (answers per second), the admitted
+    (answered) requests' latency percentiles, the share and latency of refusals (429) and their Retry-After, and
+    /healthz latency probed every 50 ms on its own connection during the point.
+S2. Memory: --big-images concurrent maximum-size images (EFFPOSE_MAX_IMAGE_PIXELS, PNG then JPEG, synthetic, well
+    within the body limit) against a fresh server with the latency target at the deadline (so that only the memory
+    budget decides); outcomes and the server's peak RSS (VmHWM) against the Kubernetes manifest's memory limit.
+S3. SIGTERM under load: open loop at the capacity; SIGTERM after --duration/2 s while arrivals go on for 2 s;
+    requests admitted before the signal must all be answered 200, later ones 503 (REST) and UNAVAILABLE (gRPC)
+    until the admitted work is done and the listeners close (then connections are refused), and the process must
+    exit within EFFPOSE_DRAIN_TIMEOUT_S + 1 s.
+
 The client runs on the same CPUs as the server, so every point records the CPU shares of this process (client),
 the server process and everything else, read from /proc. After every point the script waits for the server's
 in-flight gauge to return to 0 (a stuck request would show) and records its RSS, threads and open files. Requests
@@ -40,6 +55,7 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import signal
@@ -69,6 +85,10 @@ from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "service_load.json"
+STRESS_OUT = REPO / "benchmarks" / "results" / "service_stress.json"
+STRESS_LOADS = (0.5, 2.0, 4.0)
+HEALTH_PROBE_S = 0.05
+MANIFEST = REPO / "k8s" / "base" / "deployment.yaml"
 CONCURRENCIES = (1, 4, 16, 64)
 LOADS = (0.5, 0.8, 1.5, 2.0)
 FRONTENDS = ("http", "grpc", "grpc-stream")
@@ -106,8 +126,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=0, help="use the first N images (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival times")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s points, C = 1 and 16, loads 50%% 150%%")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for all results")
+    parser.add_argument("--stress", action="store_true",
+                        help="overload, memory and SIGTERM checks instead (S1-S3); loads default 0.5 2 4")
+    parser.add_argument("--big-images", type=int, default=8, help="--stress: concurrent maximum-size images")
+    parser.add_argument("--out", type=Path, help="JSON file for all results (default benchmarks/results/"
+                                                 "service_load.json, or service_stress.json with --stress)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = STRESS_OUT if args.stress else DEFAULT_OUT
+    if args.stress and args.loads == list(LOADS):
+        args.loads = list(STRESS_LOADS)
     if (args.http is None) != (args.grpc is None):
         parser.error("give both --http and --grpc, or neither (then the script starts the server)")
     if args.quick:
@@ -173,6 +201,7 @@ class Answer:
 
     outcome: str
     core_ms: float | None = None
+    retry_after: float | None = None  # seconds, from a refusal's Retry-After header
 
 
 class Lane(Protocol):
@@ -212,7 +241,8 @@ class HttpLane:
         except httpx.TransportError as error:
             return Answer(f"conn-error ({type(error).__name__})")
         if response.status_code != 200:
-            return Answer(str(response.status_code))
+            retry_after = response.headers.get("retry-after")
+            return Answer(str(response.status_code), retry_after=float(retry_after) if retry_after else None)
         body = response.json()
         return self.workload.answer(len(body["persons"]), body["timings_ms"]["total"])
 
@@ -493,6 +523,9 @@ async def wait_ready(server: Server, timeout: float) -> None:
 async def stop_server(server: Server) -> None:
     """SIGTERM, then wait for the graceful shutdown; record its exit code and seconds (killed after a minute)."""
     process = server.process
+    if process.returncode is not None:  # stopped already (the SIGTERM part does it itself)
+        server.shutdown.setdefault("exit_code", process.returncode)
+        return
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     try:
@@ -879,10 +912,275 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+# --- stress: overload, memory, SIGTERM (--stress) -------------------------------------------------------------------
+
+def percentiles_ms(values: list[float]) -> dict[str, float | None]:
+    """p50/p99/max of millisecond values (None without any)."""
+    if not values:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(max(values))}
+
+
+def probe_health_process(url: str, stop: Any, results: Any) -> None:
+    """In a process of its own (so that the load generator's own lag is not measured): GET ``url`` every
+    HEALTH_PROBE_S on one kept-alive connection until ``stop`` is set; put the latencies (ms) on ``results``
+    (a failed probe counts as CLIENT_TIMEOUT_S)."""
+    latencies: list[float] = []
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                ok = client.get(url).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(1000.0 * (time.perf_counter() - started) if ok else 1000.0 * CLIENT_TIMEOUT_S)
+            time.sleep(HEALTH_PROBE_S)
+    results.put(latencies)
+
+
+@contextlib.asynccontextmanager
+async def health_prober(server: Server) -> AsyncIterator[list[float]]:
+    """/healthz latencies (ms), probed from another process while the body runs; the list fills in at exit."""
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    process = context.Process(target=probe_health_process, args=(f"http://{server.http}/healthz", stop, results))
+    process.start()
+    latencies: list[float] = []
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        latencies.extend(await asyncio.to_thread(results.get, True, 60))
+        await asyncio.to_thread(process.join, 10)
+
+
+async def overload_point(server: Server, workload: Workload, load: float, capacity: float,
+                         args: argparse.Namespace, rng: np.random.Generator) -> dict[str, Any]:
+    """S1: one open-loop point at ``load`` times the capacity, with /healthz probed throughout."""
+    arrivals = poisson_arrivals(load * capacity, args.duration, rng)
+
+    async def run() -> dict[str, Any]:
+        before = await scrape(server)
+        async with health_prober(server) as health, frontend("http", server, workload, Counter()) as open_lane:
+            samples, unfinished, seconds = await open_loop(await open_lane(), arrivals, args.drain)
+        refusals_in_server = refusal_histogram(before, await scrape(server))
+        refused = [s for s in samples if s.answer.outcome == "429"]
+        outcomes = Counter(s.answer.outcome for s in samples)
+        outcomes += Counter({"unfinished": unfinished} if unfinished else {})
+        return {"load": load, "offered_rps": load * capacity, "arrivals": len(arrivals), "seconds": seconds,
+                "goodput_rps": outcomes.get("ok", 0) / seconds, "admitted": latency_percentiles(samples),
+                "refused_share": len(refused) / max(len(arrivals), 1),
+                "refused": percentiles_ms([s.ms for s in refused]),
+                "refused_from_send": percentiles_ms([s.ms - 1000.0 * s.lag for s in refused]),
+                "refused_in_server": refusals_in_server,
+                "retry_after_s": sorted(Counter(s.answer.retry_after for s in refused).items()),
+                "healthz": percentiles_ms(health), "outcomes": dict(outcomes), "unfinished": unfinished,
+                "client_lag_p99_ms": float(np.percentile([1000 * s.lag for s in samples], 99)) if samples else None}
+
+    point = await measure_point(server, run)
+    print(f"[S1 load {100 * load:.0f}%] goodput {point['goodput_rps']:.2f} req/s, admitted p99 "
+          f"{fmt(point['admitted']['p99_ms'])} ms, refused {pct(point['refused_share'])}% p99 "
+          f"{fmt(point['refused']['p99_ms'])} ms, healthz p99 {fmt(point['healthz']['p99_ms'])} ms, "
+          f"{point['outcomes']}", file=sys.stderr, flush=True)
+    return point
+
+
+def refusal_histogram(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Shares of the server's 429 answers on /v1/pose (between two scrapes) that took at most 5, 10, 25 and 50 ms
+    inside the server (from the first ASGI middleware to the answer sent), from effpose_error_duration_seconds."""
+    def count(le: str) -> float:
+        key = f'effpose_error_duration_seconds_bucket{{code="429",le="{le}",route="/v1/pose"}}'
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    total = count("+Inf")
+    return {f"<= {float(le) * 1000:g} ms": count(le) / total for le in ("0.005", "0.01", "0.025", "0.05")} if total \
+        else {}
+
+
+def big_images(pixels: int) -> dict[str, bytes]:
+    """A synthetic PNG and JPEG of ``pixels`` pixels (3:2): gradients and blocks, small on the wire."""
+    width = int(math.sqrt(pixels * 1.5))
+    height = pixels // width
+    x, y = np.arange(width)[None, :], np.arange(height)[:, None]
+    image = np.empty((height, width, 3), np.uint8)
+    image[..., 0] = (x * 255 // width).astype(np.uint8)
+    image[..., 1] = (y * 255 // height).astype(np.uint8)
+    image[..., 2] = ((x + y) % 256).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top = rng.integers(0, width - 200), rng.integers(0, height - 400)
+        image[top:top + 400, left:left + 200] = rng.integers(0, 255, 3)
+    return {fmt: cv2.imencode(f".{fmt}", image[..., ::-1])[1].tobytes() for fmt in ("png", "jpg")}
+
+
+def manifest_memory_limit_mib() -> float | None:
+    """The serving container's memory limit in the Kubernetes manifest (MiB), None when it has none."""
+    import yaml  # noqa: PLC0415 - a dev dependency, needed only here
+
+    units = {"Mi": 1.0, "Gi": 1024.0, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for document in yaml.safe_load_all(MANIFEST.read_text()):
+        if document and document.get("kind") == "Deployment":
+            container = document["spec"]["template"]["spec"]["containers"][0]
+            value = str(container.get("resources", {}).get("limits", {}).get("memory", ""))
+            unit = next((u for u in units if value.endswith(u)), None)
+            return float(value[:-len(unit)]) * units[unit] if unit else None
+    return None
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM), MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+async def memory_part(args: argparse.Namespace, fields: dict[str, Any], log_dir: Path,
+                      report: dict[str, Any]) -> list[dict[str, Any]]:
+    """S2: ``--big-images`` concurrent maximum-size images per format, each format on a fresh server."""
+    max_pixels = Settings(**fields).max_image_pixels
+    points = []
+    for fmt, image in big_images(max_pixels).items():
+        big_fields = {**fields, "latency_target_s": Settings(**fields).request_timeout_s}
+        async with target(args, big_fields, log_dir, f"memory-{fmt}", report) as server:
+            at_start = process_info(server.pid)
+            async with httpx.AsyncClient(base_url=f"http://{server.http}", timeout=CLIENT_TIMEOUT_S,
+                                         limits=httpx.Limits(max_connections=None)) as client:
+                async def send() -> tuple[str, float]:
+                    started = time.perf_counter()
+                    try:
+                        response = await client.post("/v1/pose", content=image,
+                                                     headers={"content-type": f"image/{fmt.replace('jpg', 'jpeg')}"})
+                        outcome = "ok" if response.status_code == 200 else str(response.status_code)
+                    except httpx.HTTPError as error:
+                        outcome = type(error).__name__
+                    return outcome, 1000.0 * (time.perf_counter() - started)
+
+                answers = await asyncio.gather(*(send() for _ in range(args.big_images)))
+            point = {"format": fmt, "bytes": len(image), "pixels": max_pixels, "concurrent": args.big_images,
+                     "outcomes": dict(Counter(outcome for outcome, _ in answers)),
+                     "latency": percentiles_ms([ms for _, ms in answers]), "rss_at_start_mib": at_start["rss_mib"],
+                     "peak_rss_mib": peak_rss_mib(server.pid), "after": await settle(server),
+                     "memory_limit_mib": manifest_memory_limit_mib()}
+        points.append(point)
+        print(f"[S2 {fmt}] {point['outcomes']}, peak RSS {point['peak_rss_mib']:.0f} MiB (limit "
+              f"{point['memory_limit_mib']} MiB)", file=sys.stderr, flush=True)
+    return points
+
+
+async def sigterm_part(args: argparse.Namespace, workload: Workload, fields: dict[str, Any], capacity: float,
+                       log_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """S3: open loop at the capacity, SIGTERM halfway, arrivals going on for 2 s after it; gRPC calls after it."""
+    before_s, after_s = args.duration / 2, 2.0
+    rng = np.random.default_rng(args.seed + 1)
+    arrivals = poisson_arrivals(capacity, before_s + after_s, rng)
+    async with started_server(fields, log_dir, "sigterm") as server:
+        drain_timeout = float(server.settings.get("drain_timeout_s", 20.0))
+
+        async def signal_later() -> float:
+            await asyncio.sleep(before_s)
+            server.process.send_signal(signal.SIGTERM)
+            return time.perf_counter()
+
+        async def grpc_after(signalled: asyncio.Task) -> list[str]:
+            await asyncio.wait({signalled})
+            await asyncio.sleep(0.1)
+            async with grpc.aio.insecure_channel(server.grpc) as channel:
+                lane = GrpcUnaryLane(pose_pb2_grpc.PoseServiceStub(channel), workload)
+                return [(await lane.call(i)).outcome for i in range(5)]
+
+        async with frontend("http", server, workload, Counter()) as open_lane:
+            signalled = asyncio.create_task(signal_later())
+            grpc_outcomes = asyncio.create_task(grpc_after(signalled))
+            samples, unfinished, _ = await open_loop(await open_lane(), arrivals, args.drain)
+        signal_time = await signalled
+        code = await asyncio.wait_for(server.process.wait(), SHUTDOWN_TIMEOUT_S)
+        exit_s = time.perf_counter() - signal_time
+        grpc_after_signal = Counter(await grpc_outcomes)
+    exited = signal_time + exit_s
+    before = Counter(s.answer.outcome for s in samples if s.start + s.lag < signal_time)
+    draining = Counter(s.answer.outcome for s in samples if signal_time <= s.start + s.lag < exited)
+    after_exit = Counter(s.answer.outcome for s in samples if s.start + s.lag >= exited)  # nobody listens: refused
+    result = {"sent_before_signal": dict(before), "sent_while_draining": dict(draining),
+              "sent_after_exit": dict(after_exit), "unfinished": unfinished,
+              "grpc_after_signal": dict(grpc_after_signal), "exit_code": code, "exit_s": exit_s,
+              "drain_timeout_s": drain_timeout,
+              # a refused connection (ConnectError: the listener closed once the admitted work was done) sent nothing
+              "failed_admitted": sum(n for outcome, n in (before + draining).items()
+                                     if outcome not in REFUSALS + ("ok",) and "ConnectError" not in outcome)}
+    print(f"[S3] before SIGTERM {dict(before)}, while draining {dict(draining)}, after exit {dict(after_exit)}, "
+          f"gRPC after {dict(grpc_after_signal)}, exit {code} after {exit_s:.2f} s", file=sys.stderr, flush=True)
+    return result
+
+
+async def stress_async(args: argparse.Namespace) -> dict[str, Any]:
+    """S1-S3 (see the module docstring)."""
+    fields = settings_fields(args, batching=True)
+    workload = load_workload(args.data, args.images, args.boxes, Settings(**fields).detector_kind != "whole-image")
+    report: dict[str, Any] = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine_info(),
+        "load_average_start": os.getloadavg(),
+        "options": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "servers": {}, "capacity": {}, "overload": [], "memory": [], "sigterm": {},
+    }
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="effpose-stress-") as log_dir:
+        async with target(args, fields, log_dir=Path(log_dir), name="overload", report=report) as server:
+            closed = [await closed_loop_point(server, workload, "http", c, args) for c in args.concurrency]
+            best = max(closed, key=lambda p: p["rps"])
+            report["capacity"] = {"rps": best["rps"], "concurrency": best["concurrency"], "closed_loop": closed}
+            rng = np.random.default_rng(args.seed)
+            for load in args.loads:
+                report["overload"].append(await overload_point(server, workload, load, best["rps"], args, rng))
+        report["memory"] = await memory_part(args, fields, Path(log_dir), report)
+        report["sigterm"] = await sigterm_part(args, workload, fields, best["rps"], Path(log_dir), report)
+    report.update(load_average_end=os.getloadavg(), wall_seconds=time.monotonic() - started)
+    return report
+
+
+def print_stress_tables(report: dict[str, Any]) -> None:
+    capacity = report["capacity"]
+    print(f"\ncapacity: {capacity['rps']:.2f} req/s (closed loop HTTP, C={capacity['concurrency']})")
+    print("\n## S1. Overload, open loop over HTTP\n")
+    headers = ["load", "offered req/s", "arrivals", "goodput req/s", "goodput / capacity", "admitted p50 ms",
+               "admitted p99 ms", "refused %", "refusal p50 / p99 ms", "refusal from send p50 / p99 ms",
+               "Retry-After s", "/healthz p50 ms", "/healthz p99 ms", "client lag p99 ms", "other outcomes"]
+    rows = [[f"{100 * p['load']:.0f}%", fmt(p["offered_rps"], 2), str(p["arrivals"]), fmt(p["goodput_rps"], 2),
+             pct(p["goodput_rps"] / capacity["rps"]) + "%", fmt(p["admitted"]["p50_ms"]), fmt(p["admitted"]["p99_ms"]),
+             pct(p["refused_share"]), f"{fmt(p['refused']['p50_ms'])} / {fmt(p['refused']['p99_ms'])}",
+             f"{fmt(p['refused_from_send']['p50_ms'])} / {fmt(p['refused_from_send']['p99_ms'])}",
+             ", ".join(f"{v:g} x{n}" for v, n in p["retry_after_s"] if v is not None) or "-",
+             fmt(p["healthz"]["p50_ms"]), fmt(p["healthz"]["p99_ms"]), fmt(p["client_lag_p99_ms"]),
+             str({k: v for k, v in p["outcomes"].items() if k not in ("ok", "429")} or "-")]
+            for p in report["overload"]]
+    print(markdown_table(headers, rows))
+    for point in report["overload"]:
+        if point.get("refused_in_server"):
+            shares = ", ".join(f"{pct(v)}% {k}" for k, v in point["refused_in_server"].items())
+            print(f"\n429s at {100 * point['load']:.0f}% inside the server: {shares}")
+    print("\n## S2. Concurrent maximum-size images\n")
+    headers = ["format", "MiB", "pixels", "concurrent", "outcomes", "latency p50 / max ms", "RSS at start MiB",
+               "peak RSS MiB", "manifest limit MiB"]
+    rows = [[p["format"], fmt(p["bytes"] / 2**20, 2), str(p["pixels"]), str(p["concurrent"]), str(p["outcomes"]),
+             f"{fmt(p['latency']['p50_ms'], 0)} / {fmt(p['latency']['max_ms'], 0)}", fmt(p["rss_at_start_mib"], 0),
+             fmt(p["peak_rss_mib"], 0), fmt(p["memory_limit_mib"], 0)] for p in report["memory"]]
+    print(markdown_table(headers, rows))
+    term = report["sigterm"]
+    print("\n## S3. SIGTERM under load\n")
+    print(f"sent before SIGTERM: {term['sent_before_signal']}; sent while draining: {term['sent_while_draining']}; "
+          f"sent after the exit: {term['sent_after_exit']}; gRPC calls after SIGTERM: {term['grpc_after_signal']}; "
+          f"failed admitted requests: {term['failed_admitted']}; exit code {term['exit_code']} "
+          f"{term['exit_s']:.2f} s after SIGTERM (drain timeout {term['drain_timeout_s']:g} s)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    report = asyncio.run(main_async(args))
-    print_tables(report, args)
+    if args.stress:
+        report = asyncio.run(stress_async(args))
+        print_stress_tables(report)
+    else:
+        report = asyncio.run(main_async(args))
+        print_tables(report, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out} ({report['wall_seconds']:.0f} s)")

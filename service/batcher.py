@@ -55,6 +55,7 @@ class DynamicBatcher:
         max_queue_length: int = 64,
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ):
         if max_batch_size < 1 or max_queue_length < 1 or max_queue_delay_s < 0:
             raise ValueError("max_batch_size and max_queue_length must be >= 1 and max_queue_delay_s >= 0")
@@ -66,7 +67,8 @@ class DynamicBatcher:
         self.on_batch = on_batch
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="effpose-model")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="effpose-model",
+                                            initializer=thread_initializer)
         self._worker: asyncio.Task | None = None
         self._last_batch_seconds = 0.05
 

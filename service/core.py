@@ -1,15 +1,15 @@
 """The inference core shared by the REST and gRPC frontends.
 
-image bytes -> bounded decode -> detector stage (or client boxes) -> affine crops -> dynamic batcher ->
-pose model -> keypoints in original-image pixels. CPU work (decode, detection, cropping) runs in a thread
-pool and model work in the batcher's thread, so the event loop only coordinates.
+admission (by the work in flight) -> image header -> pixel budget -> bounded decode (large JPEGs reduced) ->
+detector stage (or client boxes, clipped to the image) -> affine crops -> dynamic batcher -> pose model ->
+keypoints in original-image pixels. CPU work (decode, detection, cropping, heatmap decoding, rendering) runs in a
+thread pool and model work in the batcher's thread, so the event loop only coordinates and answers at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,12 +20,15 @@ from typing import TypeVar
 import numpy as np
 
 from effpose.detectors import PersonDetector, build_detector
-from effpose.runtime import ModelInfo, PersonPose, PoseEstimator, person_score
+from effpose.draw import draw_poses
+from effpose.runtime import ModelInfo, PersonPose, PoseEstimator, PreparedCrops, person_score
+from service.admission import PixelBudget, Ticket, WorkAdmission
 from service.batcher import BatchStats, DynamicBatcher
-from service.errors import BadRequest, DeadlineExceeded, Overloaded, ServiceError, Unavailable
-from service.imaging import decode_image
+from service.errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
+from service.imaging import DecodedImage, decode_image, encode_image, probe_image
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from service.threads import lower_current_thread, lowering_new_threads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,14 +56,19 @@ class PoseResult:
     height: int
     persons: list[PersonPose]
     timings_ms: dict[str, float]
-    image: np.ndarray = field(repr=False)  # decoded BGR image (after EXIF orientation), for rendering
+    image: DecodedImage = field(repr=False)  # the decoded image (upright, maybe reduced), for rendering
 
 
 def validate_boxes(boxes: Sequence[Sequence[float]], width: int, height: int, limit: int) -> np.ndarray:
-    """Client boxes as an (N, 4) float array; each must be finite, x1 < x2, y1 < y2 and overlap the image."""
+    """Client boxes as an (N, 4) float array clipped to the image.
+
+    Each must be four finite numbers with x1 < x2 and y1 < y2 that overlap the image by at least one pixel each
+    way; anything else raises :class:`BadRequest`. Clipping bounds every coordinate the service computes with (a
+    box of 1e300 pixels is the whole image, not an overflow).
+    """
     try:
         array = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2] numbers: {error}") from error
     if array.size == 0:
         return array.reshape(0, 4)
@@ -68,38 +76,68 @@ def validate_boxes(boxes: Sequence[Sequence[float]], width: int, height: int, li
         raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2], got shape {list(array.shape)}")
     if len(array) > limit:
         raise BadRequest(f"{len(array)} boxes sent; at most {limit} per request")
-    for index, (x1, y1, x2, y2) in enumerate(array):
+    clipped = np.clip(array, 0.0, [width, height, width, height])
+    for index, ((x1, y1, x2, y2), (cx1, cy1, cx2, cy2)) in enumerate(zip(array, clipped)):
         if not np.all(np.isfinite([x1, y1, x2, y2])):
             raise BadRequest(f"box {index} has a non-finite coordinate")
         if not (x2 > x1 and y2 > y1):
             raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] must have x1 < x2 and y1 < y2")
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] lies outside the {width}x{height} image")
-    return array
+        if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
+            raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] does not cover a pixel of the {width}x{height} "
+                             "image")
+    return clipped
+
+
+def boxes_to_original(boxes: np.ndarray, image: DecodedImage) -> np.ndarray:
+    """Boxes (x1, y1, x2, y2: pixel edges) of the decoded, possibly reduced, image in original-image pixels."""
+    return boxes * [image.scale_x, image.scale_y, image.scale_x, image.scale_y]
+
+
+def boxes_to_decoded(boxes: np.ndarray, image: DecodedImage) -> np.ndarray:
+    """Original-image boxes in the pixels of the decoded, possibly reduced, image."""
+    return boxes / [image.scale_x, image.scale_y, image.scale_x, image.scale_y]
+
+
+def keypoints_to_original(keypoints: np.ndarray, image: DecodedImage) -> np.ndarray:
+    """Keypoints (N, J, 3: x, y at pixel centres, score) of the decoded image in original-image pixels."""
+    if not image.reduced:
+        return keypoints
+    scaled = keypoints.copy()
+    scaled[..., 0] = (keypoints[..., 0] + 0.5) * image.scale_x - 0.5
+    scaled[..., 1] = (keypoints[..., 1] + 0.5) * image.scale_y - 0.5
+    return scaled
 
 
 class InferenceCore:
-    """Pose model, detector stage and batcher behind one ``estimate`` coroutine."""
+    """Pose model, detector stage and batcher behind :meth:`admit` and the ``estimate`` coroutine."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None):
         self.settings = settings
         self.metrics = metrics or ServiceMetrics()
-        self.estimator = PoseEstimator(settings.pose_model, providers=settings.providers,
-                                       intra_op_threads=settings.threads, decode=settings.decode)
-        self.detector: PersonDetector = build_detector(
+        nice = settings.worker_niceness
+        self.estimator = lowering_new_threads(nice, lambda: PoseEstimator(
+            settings.pose_model, providers=settings.providers, intra_op_threads=settings.threads,
+            decode=settings.decode))
+        self.detector: PersonDetector = lowering_new_threads(nice, lambda: build_detector(
             settings.detector_kind, settings.detector_model, layout=settings.detector_layout, nms_iou=settings.nms_iou,
             providers=settings.providers, intra_op_threads=settings.threads,
-        )
+        ))
         self.batcher = DynamicBatcher(
             self.estimator.run, max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000.0, max_queue_length=settings.max_queue_length,
-            enabled=settings.batching, on_batch=self._record_batch,
+            enabled=settings.batching, on_batch=self._record_batch, thread_initializer=lower_current_thread(nice),
         )
-        self._cpu = ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="effpose-cpu")
+        self.admission = WorkAdmission(settings.latency_target_s, settings.max_in_flight)
+        self.pixels = PixelBudget(settings.pixel_budget)
+        self._cpu = ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="effpose-cpu",
+                                       initializer=lower_current_thread(nice))
         self.ready = False
         self.draining = False
-        self.in_flight = 0
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
+        self.metrics.decoded_pixels.set_function(lambda: self.pixels.used)
+        self.metrics.request_cost.set_function(lambda: self.admission.cost_s)
+        self.metrics.admission_calibration.set_function(lambda: self.admission.calibration)
         self.metrics.model.info({"pose_model": self.info.name, "pose_version": self.info.version,
                                  "pose_weights": self.info.weights, "detector": self.detector.name})
 
@@ -108,13 +146,24 @@ class InferenceCore:
         """Metadata of the served pose model."""
         return self.estimator.info
 
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self.admission.in_flight
+
     async def start(self) -> None:
-        """Start the batcher and warm the models up (first ONNX Runtime calls allocate); then ready."""
+        """Start the batcher and warm the models up (first ONNX Runtime calls allocate); then ready.
+
+        The second warm-up round is timed: it seeds the admission's cost per request until real ones are measured.
+        """
         self.batcher.start()
         width, height = self.info.input_size
         blank = np.zeros((max(height, 64), max(width, 64), 3), np.uint8)
-        await self._in_cpu(self.detector.detect, blank, 1.0, 1)
-        await self.batcher.submit(np.zeros((1, 3, height, width), np.float32), time.monotonic() + 60.0)
+        for _ in range(2):
+            started = time.perf_counter()
+            await self._in_cpu(self.detector.detect, blank, 1.0, 1)
+            await self.batcher.submit(np.zeros((1, 3, height, width), np.float32), time.monotonic() + 60.0)
+        self.admission.record_solo_cost(time.perf_counter() - started)
         self.ready = True
         log.info("inference core ready: pose %s %s, detector %s", self.info.name, self.info.version, self.detector.name)
 
@@ -124,12 +173,16 @@ class InferenceCore:
         await self.batcher.stop()
         self._cpu.shutdown(wait=True)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Readiness goes false, then wait (at most ``timeout_s``) for in-flight requests to finish."""
+    def begin_drain(self) -> None:
+        """From now on refuse new requests (503 / UNAVAILABLE) and report not ready; admitted ones go on."""
         self.draining = True
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests, then wait (at most ``timeout_s``) for the admitted ones to finish."""
+        self.begin_drain()
         deadline = time.monotonic() + timeout_s
         while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
         log.info("drained: %d request(s) still in flight", self.in_flight)
 
     @property
@@ -137,21 +190,33 @@ class InferenceCore:
         """Ready for traffic: models loaded and warm, not draining."""
         return self.ready and not self.draining
 
-    async def estimate(self, request: PoseRequest) -> PoseResult:
-        """Poses of every person in the request's image (client boxes when given, else the detector's)."""
-        if not self.ready:
-            raise Unavailable("models are still loading")
-        if self.in_flight >= self.settings.max_in_flight:
-            self.metrics.rejected.labels("in_flight_limit").inc()
-            raise Overloaded(f"{self.in_flight} requests in flight, the limit is {self.settings.max_in_flight}",
-                             retry_after=self.batcher.retry_after(), reason="in_flight_limit")
-        started = time.perf_counter()
-        timeout = self.settings.request_timeout_s if request.timeout_s is None else request.timeout_s
-        deadline = time.monotonic() + timeout
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+    def admit(self, timeout_s: float | None = None) -> Ticket:
+        """Admit one request (cheap: nothing is read or decoded), or refuse it at once.
+
+        Raises :class:`Unavailable` while loading or draining and :class:`Overloaded` when the work in flight
+        would not let it finish within its deadline and the latency target. ``timeout_s`` defaults to the
+        service's request timeout. Release the ticket, or pass it to :meth:`estimate`, which releases it.
+        """
         try:
-            return await self._estimate(request, started, deadline)
+            if self.draining:
+                raise Unavailable("the service is shutting down: retry on another instance", reason="draining")
+            if not self.ready:
+                raise Unavailable("models are still loading", reason="loading")
+            return self.admission.admit(self.settings.request_timeout_s if timeout_s is None else timeout_s)
+        except ServiceError as error:
+            self.metrics.rejected.labels(error.reason).inc()
+            raise
+
+    async def estimate(self, request: PoseRequest, ticket: Ticket | None = None) -> PoseResult:
+        """Poses of every person in the request's image (client boxes when given, else the detector's).
+
+        Without a ``ticket`` the request is admitted first (see :meth:`admit`); the ticket is released when done.
+        """
+        ticket = ticket or self.admit(request.timeout_s)
+        try:
+            result = await self._estimate(request, ticket.deadline)
+            ticket.release(succeeded=True)
+            return result
         except ServiceError as error:
             self.metrics.rejected.labels(error.reason).inc()
             raise
@@ -159,46 +224,60 @@ class InferenceCore:
             self.metrics.rejected.labels("cancelled").inc()
             raise
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            ticket.release()
 
-    async def _estimate(self, request: PoseRequest, started: float, deadline: float) -> PoseResult:
-        settings = self.settings
-        det_threshold = settings.det_threshold if request.det_threshold is None else request.det_threshold
-        max_persons = settings.max_persons if request.max_persons is None else request.max_persons
-        flip = settings.flip if request.flip is None else request.flip
-        if not (0.0 <= det_threshold <= 1.0) or math.isnan(det_threshold):
-            raise BadRequest(f"det_threshold must be in [0, 1], got {det_threshold}")
-        if not (1 <= max_persons <= settings.max_persons):
-            raise BadRequest(f"max_persons must be in [1, {settings.max_persons}], got {max_persons}")
+    async def _estimate(self, request: PoseRequest, deadline: float) -> PoseResult:
+        started = time.perf_counter()
+        det_threshold, max_persons, flip = self._options(request)
         timings: dict[str, float] = {}
 
         clock = time.perf_counter()
-        image = await self._in_cpu(decode_image, request.image, settings.max_image_pixels)
-        height, width = image.shape[:2]
-        timings["decode"] = _ms_since(clock)
+        header = probe_image(request.image, self.settings.max_image_pixels, self.settings.jpeg_draft_pixels)
+        await self.pixels.acquire(header.decoded_pixels, deadline)
+        try:
+            self._check_deadline(deadline)
+            image = await self._in_cpu(decode_image, request.image, self.settings.max_image_pixels,
+                                       self.settings.jpeg_draft_pixels)
+            timings["decode"] = _ms_since(clock)
+            return await self._poses(request, image, (det_threshold, max_persons, flip), deadline, timings, started)
+        finally:
+            self.pixels.release(header.decoded_pixels)
 
+    def _options(self, request: PoseRequest) -> tuple[float, int, bool]:
+        """The request's detector threshold, person cap and flip test, defaults filled in and checked."""
+        settings = self.settings
+        det_threshold = settings.det_threshold if request.det_threshold is None else request.det_threshold
+        max_persons = settings.max_persons if request.max_persons is None else request.max_persons
+        if not (0.0 <= det_threshold <= 1.0):  # also refuses NaN
+            raise BadRequest(f"det_threshold must be in [0, 1], got {det_threshold}")
+        if not (1 <= max_persons <= settings.max_persons):
+            raise BadRequest(f"max_persons must be in [1, {settings.max_persons}], got {max_persons}")
+        return det_threshold, max_persons, settings.flip if request.flip is None else request.flip
+
+    async def _poses(self, request: PoseRequest, image: DecodedImage, options: tuple[float, int, bool],
+                     deadline: float, timings: dict[str, float], started: float) -> PoseResult:
+        det_threshold, max_persons, flip = options
         clock = time.perf_counter()
         if request.boxes is not None:
-            boxes = validate_boxes(request.boxes, width, height, settings.max_client_boxes)
+            boxes = validate_boxes(request.boxes, image.width, image.height, self.settings.max_client_boxes)
             box_scores, source = np.ones(len(boxes)), "client"
         else:
-            detections = await self._in_cpu(self.detector.detect, image, det_threshold, max_persons)
-            boxes = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
-            box_scores, source = np.asarray([d.score for d in detections]), "detector"
+            detections = await self._in_cpu(self.detector.detect, image.pixels, det_threshold, max_persons)
+            found = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
+            boxes, box_scores, source = boxes_to_original(found, image), np.asarray([d.score for d in detections]), \
+                "detector"
         timings["detect"] = _ms_since(clock)
         self._check_deadline(deadline)
 
         clock = time.perf_counter()
-        prepared = await self._in_cpu(self.estimator.prepare, image, boxes)
-        inputs = self.estimator.with_mirrored(prepared.tensor) if flip and len(boxes) else prepared.tensor
-        heatmaps, queue_s = await self.batcher.submit(inputs, deadline) if len(inputs) else (self.estimator.run(inputs), 0.0)
-        if flip and len(boxes):
-            heatmaps = self.estimator.merge_mirrored(heatmaps)
-        keypoints = self.estimator.decode(heatmaps, prepared.matrices)
+        prepared, inputs = await self._in_cpu(self._prepare, image.pixels, boxes_to_decoded(boxes, image), flip)
+        heatmaps, queue_s = await self.batcher.submit(inputs, deadline) if len(inputs) else (inputs, 0.0)
+        keypoints = await self._in_cpu(self._keypoints, heatmaps, prepared.matrices, flip) if len(boxes) else \
+            np.zeros((0, self.info.num_joints, 3))
         timings["queue"] = queue_s * 1000.0
         timings["pose"] = _ms_since(clock) - timings["queue"]
 
+        keypoints = keypoints_to_original(keypoints, image)
         persons = [
             PersonPose(box, float(score), kps, person_score(kps[:, 2], float(score)), source)
             for box, score, kps in zip(boxes, box_scores, keypoints)
@@ -206,7 +285,22 @@ class InferenceCore:
         timings["total"] = _ms_since(started)
         self.metrics.observe_stages(timings)
         self.metrics.persons.observe(len(persons))
-        return PoseResult(request.request_id or uuid.uuid4().hex, width, height, persons, timings, image)
+        return PoseResult(request.request_id or uuid.uuid4().hex, image.width, image.height, persons, timings, image)
+
+    def _prepare(self, pixels: np.ndarray, boxes: np.ndarray, flip: bool) -> tuple[PreparedCrops, np.ndarray]:
+        """Crops of the boxes and the model input (with their mirror images for the flip test)."""
+        prepared = self.estimator.prepare(pixels, boxes)
+        return prepared, self.estimator.with_mirrored(prepared.tensor) if flip and len(boxes) else prepared.tensor
+
+    def _keypoints(self, heatmaps: np.ndarray, matrices: np.ndarray, flip: bool) -> np.ndarray:
+        """Keypoints in decoded-image pixels from the model's heatmaps (mirrored halves merged for the flip test)."""
+        return self.estimator.decode(self.estimator.merge_mirrored(heatmaps) if flip else heatmaps, matrices)
+
+    async def render(self, result: PoseResult, keypoint_threshold: float, fmt: str) -> bytes:
+        """The image with the result's skeletons drawn, encoded as ``png`` or ``jpeg`` (in the CPU pool).
+
+        A large JPEG decoded reduced is drawn at its decoded size."""
+        return await self._in_cpu(_render, result, keypoint_threshold, fmt)
 
     def _record_batch(self, stats: BatchStats) -> None:
         self.metrics.batch_size.observe(stats.size)
@@ -218,6 +312,16 @@ class InferenceCore:
 
     async def _in_cpu(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._cpu, function, *args)
+
+
+def _render(result: PoseResult, keypoint_threshold: float, fmt: str) -> bytes:
+    image = result.image
+    scale = np.array([image.scale_x, image.scale_y, image.scale_x, image.scale_y])
+    persons = [{"box": np.asarray(p.box) / scale,
+                "keypoints": np.column_stack([(p.keypoints[:, 0] + 0.5) / image.scale_x - 0.5,
+                                              (p.keypoints[:, 1] + 0.5) / image.scale_y - 0.5, p.keypoints[:, 2]])}
+               for p in result.persons]
+    return encode_image(draw_poses(image.pixels, persons, keypoint_threshold), fmt)
 
 
 def _ms_since(start: float) -> float:

@@ -21,6 +21,12 @@ class BadRequest(ServiceError):
     http_status, grpc_code, reason = 400, "INVALID_ARGUMENT", "bad_request"
 
 
+class InvalidParameters(ServiceError):
+    """A parameter that does not fit its declared type or range (the same answer as FastAPI's request validation)."""
+
+    http_status, grpc_code, reason = 422, "INVALID_ARGUMENT", "invalid_parameters"
+
+
 class NotAnImage(ServiceError):
     """Bytes that are not a decodable image (empty, truncated, another format)."""
 
@@ -36,7 +42,8 @@ class TooLarge(ServiceError):
 class Overloaded(ServiceError):
     """No room: refused at once instead of waiting; retry after ``retry_after`` seconds.
 
-    ``reason`` says which limit: ``queue_full`` (the batcher's queue) or ``in_flight_limit`` (admitted requests).
+    ``reason`` says which limit: ``overloaded`` (the work already admitted would not finish in time for this one),
+    ``in_flight_limit`` (admitted requests) or ``queue_full`` (the batcher's queue).
     """
 
     http_status, grpc_code, reason = 429, "RESOURCE_EXHAUSTED", "queue_full"
@@ -53,7 +60,19 @@ class DeadlineExceeded(ServiceError):
     http_status, grpc_code, reason = 504, "DEADLINE_EXCEEDED", "deadline"
 
 
+class DeadlineTooShort(ServiceError):
+    """A deadline shorter than one request takes on this service even when idle: refused before any work.
+
+    A client mistake over REST (400); over gRPC the call's own deadline, so DEADLINE_EXCEEDED."""
+
+    http_status, grpc_code, reason = 400, "DEADLINE_EXCEEDED", "deadline_too_short"
+
+
 class Unavailable(ServiceError):
     """The service is not ready or is shutting down."""
 
     http_status, grpc_code, reason = 503, "UNAVAILABLE", "unavailable"
+
+    def __init__(self, message: str, reason: str = "unavailable"):
+        super().__init__(message)
+        self.reason = reason

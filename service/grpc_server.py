@@ -120,8 +120,7 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
         return estimate_response(result, self.model, self.core.info.keypoint_names, track_ids or ())
 
     def _record(self, method: str, code: str, started: float) -> None:
-        self.metrics.requests.labels(route(method), "grpc", code).inc()
-        self.metrics.request_latency.labels(route(method)).observe(time.monotonic() - started)
+        self.metrics.observe_answer(route(method), "grpc", code, time.monotonic() - started, code == "OK")
 
 
 async def _received(frames: AsyncIterable[pose_pb2.Frame]) -> AsyncIterator[_Received]:

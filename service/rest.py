@@ -3,22 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
+from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from effpose import __version__
-from effpose.draw import draw_poses
+from service.admission import Ticket, retry_after_header
 from service.core import InferenceCore, PoseRequest, PoseResult
-from service.errors import BadRequest, NotAnImage, Overloaded, ServiceError, TooLarge, Unavailable
-from service.imaging import encode_image
+from service.errors import (
+    BadRequest,
+    InvalidParameters,
+    NotAnImage,
+    Overloaded,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+)
 from service.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
-from service.schemas import ErrorResponse, ModelsResponse, PoseParams, PoseResponse
+from service.schemas import (
+    MAX_TIMEOUT_MS,
+    CocoResult,
+    ErrorResponse,
+    ModelsResponse,
+    PoseParams,
+    PoseResponse,
+    StatusResponse,
+    parse_boxes_field,
+)
+
+log = logging.getLogger(__name__)
+POSE_PATH = "/v1/pose"
+TICKET = "ticket"  # the admission ticket's key in the request state
 
 IMAGE_BODY_DOC = {
     "requestBody": {
@@ -37,9 +66,12 @@ IMAGE_BODY_DOC = {
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
-        (400, "bad parameters"), (413, "body or image too large"), (415, "not an image"),
-        (429, "queue full: retry after Retry-After seconds"), (503, "not ready or shutting down"),
-        (504, "deadline exceeded"))
+        (400, "parameters that do not fit the image or the service's limits (boxes outside the image, too many)"),
+        (413, "body or image too large"), (415, "not an image"),
+        (429, "overloaded: the work in flight would not let this request finish in time; retry after Retry-After "
+              "seconds"),
+        (500, "unexpected server error (never expected from any input)"),
+        (503, "not ready, or shutting down (with Connection: close)"), (504, "deadline exceeded"))
 }
 RENDER_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
@@ -73,11 +105,98 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-class MetricsMiddleware:
-    """Count requests by route template, method and status code, and time them."""
+class DrainMiddleware:
+    """While the core drains: new pose requests get 503 at once (their body unread) and every answer, the
+    in-flight ones' included, carries ``Connection: close``, so that kept-alive clients reconnect elsewhere."""
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, core: InferenceCore):
+        self.app, self.core = app, core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.core.draining:
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == POSE_PATH:
+            await error_response(Unavailable("the service is shutting down: retry on another instance",
+                                              reason="draining"))(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
+
+
+class AdmissionMiddleware:
+    """Admit ``POST /v1/pose`` before anything else runs (routing, parameter validation, the body), so that a refusal
+    costs the least the server can spend on it. The ticket travels to the handler in the scope's state and is
+    released when the answer is done, whatever happened."""
+
+    def __init__(self, app: ASGIApp, core: InferenceCore):
+        self.app, self.core = app, core
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != POSE_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            ticket = self.core.admit(requested_timeout_s(scope))
+        except ServiceError as error:
+            await error_response(error)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[TICKET] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            ticket.release()
+
+
+def requested_timeout_s(scope: Scope) -> float | None:
+    """The request's ``timeout_ms`` in seconds, read from the raw query string; None when absent or invalid (the
+    parameter's validation then refuses the request, 422)."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("timeout_ms")
+    try:
+        milliseconds = float(values[-1]) if values else math.nan
+    except ValueError:
+        return None
+    return milliseconds / 1000.0 if 0 < milliseconds <= MAX_TIMEOUT_MS else None
+
+
+class InternalErrorMiddleware:
+    """The last resort: an unexpected exception becomes a 500 in the error envelope, logged, and the connection
+    stays usable (Starlette's own handler re-raises, after which uvicorn drops the kept-alive connection)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # half an answer is on the wire: only closing the connection can end it
+            await envelope(500, "internal", "unexpected server error; it has been logged")(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Count requests by route template, method and status code, and time them (answers and refusals apart)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: Sequence[BaseRoute]):
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,31 +213,63 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.request_latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.observe_answer(self._route(scope), scope["method"], str(status),
+                                        time.perf_counter() - started, 200 <= status < 300)
+
+    def _route(self, scope: Scope) -> str:
+        """The route template; for answers given before routing (413, 503 while draining) the one the path matches."""
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", "unmatched")
+
+
+def envelope(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body of every non-2xx answer: ``{"error": {"reason", "message"}}``."""
+    return JSONResponse({"error": {"reason": reason, "message": message}}, status, headers)
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    """The JSON error body of a :class:`ServiceError`, with Retry-After where retrying later helps."""
+    """The error envelope of a :class:`ServiceError`, with Retry-After where retrying later helps."""
     headers = {}
     if isinstance(error, Overloaded):
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        headers["Retry-After"] = retry_after_header(error.retry_after)
     elif isinstance(error, Unavailable):
         headers["Retry-After"] = "1"
-    return JSONResponse({"error": {"reason": error.reason, "message": error.message}}, error.http_status, headers)
+        if error.reason == "draining":
+            headers["Connection"] = "close"
+    return envelope(error.http_status, error.reason, error.message, headers)
+
+
+def validation_message(error: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: ``query.det_threshold: Input should be ...; ...``."""
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in error.errors()[:5]]
+    return "; ".join(parts) or "invalid request"
+
+
+def http_reason(status: int) -> str:
+    """A machine-readable reason for an HTTP status, e.g. 404 -> ``not_found``."""
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
 
 
 async def read_image_body(request: Request) -> tuple[bytes, str | None]:
     """The image bytes (multipart field ``image`` or the raw body) and an optional multipart ``boxes`` field."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=8)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as error:  # malformed multipart: Starlette's 400
+            raise BadRequest(f"multipart body could not be parsed: {error.detail}") from error
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
             raise BadRequest("multipart body needs a file field named 'image'")
         boxes = form.get("boxes")
-        return await upload.read(), boxes if isinstance(boxes, str) else None
+        if boxes is not None and not isinstance(boxes, str):
+            raise BadRequest("multipart field 'boxes' must be text (JSON), not a file")
+        return await upload.read(), boxes
     if content_type.startswith(("application/json", "text/")):
         raise NotAnImage(f"content type {content_type!r} is not an image: send image bytes or multipart 'image'")
     return await request.body(), None
@@ -130,14 +281,12 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
-def pose_response(result: PoseResult, core: InferenceCore, params: PoseParams) -> Response:
+async def pose_response(result: PoseResult, core: InferenceCore, params: PoseParams) -> Response:
     """Answer in the requested form: the JSON document, COCO results, or the rendered image."""
     names = core.info.keypoint_names
     if params.render != "none":
-        drawn = draw_poses(result.image, [{"box": p.box, "keypoints": p.keypoints} for p in result.persons],
-                           params.keypoint_threshold)
-        return Response(encode_image(drawn, params.render), media_type=RENDER_MEDIA_TYPES[params.render],
-                        headers={"X-Request-Id": result.request_id})
+        return Response(await core.render(result, params.keypoint_threshold, params.render),
+                        media_type=RENDER_MEDIA_TYPES[params.render], headers={"X-Request-Id": result.request_id})
     if params.format == "coco":
         return JSONResponse([p.to_coco(params.image_id) for p in result.persons],
                             headers={"X-Request-Id": result.request_id})
@@ -153,43 +302,83 @@ def pose_response(result: PoseResult, core: InferenceCore, params: PoseParams) -
     return JSONResponse(body, headers={"X-Request-Id": result.request_id})
 
 
+async def estimate_until_done_or_gone(core: InferenceCore, request: Request, pose: PoseRequest,
+                                      ticket: Ticket) -> PoseResult | None:
+    """The core's result, or None when the client went away first (its work is then cancelled)."""
+    work = asyncio.ensure_future(core.estimate(pose, ticket))
+    watcher = asyncio.ensure_future(until_disconnected(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()  # the client went away: drop its queued work
+    if not work.done() or work.cancelled():  # a cancelled task stays pending until it has unwound
+        return None
+    return work.result()
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the app does: every error (FastAPI's 422 included) is an
+    :class:`ErrorResponse`, and every operation may answer any error status with it (``default``)."""
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    error_content = {"application/json": {"schema": error_ref}}
+    for path in spec.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {"description": "a parameter does not match its type or range",
+                                    "content": error_content}
+            responses["default"] = {"description": "any other error (404, 405, 413, 429, 500, 503, ...), with "
+                                                   "Retry-After on 429 and 503", "content": error_content}
+    schemas = spec.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return spec
+
+
 def create_app(core: InferenceCore) -> FastAPI:
-    """The REST application over a core whose lifecycle the caller owns (see :mod:`service.main`)."""
+    """The REST application over a core whose lifecycle the caller owns (see :mod:`service.main`).
+
+    Building it reads only ``core.settings`` and ``core.metrics``; everything else is used per request.
+    """
     app = FastAPI(title="effpose", version=__version__,
-                  description="Human pose estimation: every person's box and 17 COCO keypoints.")
+                  description="Human pose estimation: every person's box and 17 COCO keypoints. Every error answers "
+                              '`{"error": {"reason", "message"}}`.')
     app.state.core = core
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
         return error_response(error)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidParameters(validation_message(error)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return envelope(error.status_code, http_reason(error.status_code), str(error.detail), error.headers)
+
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(_: Request, __: ClientDisconnect) -> Response:
         return Response(status_code=499)  # never delivered: the client went away mid-upload
 
-    @app.post("/v1/pose", response_model=PoseResponse, openapi_extra=IMAGE_BODY_DOC,
+    @app.post(POSE_PATH, response_model=PoseResponse | list[CocoResult], openapi_extra=IMAGE_BODY_DOC,
               responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}},
                                                   "description": "JSON (format=json), a COCO results list "
                                                                  "(format=coco) or the drawn image (render)"}})
     async def estimate_pose(request: Request, params: Annotated[PoseParams, Query()]) -> Response:
         """Every person's box and 17 keypoints in original-image pixels (after EXIF orientation)."""
+        ticket: Ticket = getattr(request.state, TICKET)  # admitted by AdmissionMiddleware, before the body was read
         image, form_boxes = await read_image_body(request)
-        boxes = params.boxes if form_boxes is None else PoseParams(boxes=form_boxes).boxes
-        work = asyncio.ensure_future(core.estimate(PoseRequest(
-            image=image, boxes=boxes, det_threshold=params.det_threshold, max_persons=params.max_persons,
-            flip=params.flip, timeout_s=None if params.timeout_ms is None else params.timeout_ms / 1000.0,
-            request_id=request.headers.get("x-request-id"),
-        )))
-        watcher = asyncio.ensure_future(until_disconnected(request))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not work.done():
-                work.cancel()  # the client went away: drop its queued work
-        if not work.done() or work.cancelled():  # a cancelled task stays pending until it has unwound
+        pose = PoseRequest(
+            image=image, boxes=params.boxes if form_boxes is None else parse_boxes_field(form_boxes),
+            det_threshold=params.det_threshold, max_persons=params.max_persons, flip=params.flip,
+            request_id=request.headers.get("x-request-id"))  # the ticket carries the deadline
+        result = await estimate_until_done_or_gone(core, request, pose, ticket)
+        if result is None:
             return Response(status_code=499)  # never delivered: the client is gone
-        return pose_response(work.result(), core, params)
+        return await pose_response(result, core, params)
 
     @app.get("/v1/models", response_model=ModelsResponse)
     async def models() -> dict[str, Any]:
@@ -200,24 +389,35 @@ def create_app(core: InferenceCore) -> FastAPI:
             "input_size": {"width": info.input_size[0], "height": info.input_size[1]},
             "keypoint_names": list(info.keypoint_names), "skeleton": [list(p) for p in info.skeleton]}}
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=StatusResponse)
     async def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
+        """Liveness: the process answers (at once: nothing here waits for the models or the CPU pool)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    @app.get("/readyz", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
     async def readyz() -> Response:
         """Readiness: models loaded and warm, not draining."""
         if core.serving:
             return JSONResponse({"status": "ready"})
-        return error_response(Unavailable("draining" if core.draining else "models loading"))
+        return error_response(Unavailable("draining" if core.draining else "models loading",
+                                          reason="draining" if core.draining else "loading"))
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         """Prometheus metrics."""
         return Response(core.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    app.openapi = lambda: app.openapi_schema or _cached_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=core.settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=core.metrics)
+    app.add_middleware(AdmissionMiddleware, core=core)
+    app.add_middleware(DrainMiddleware, core=core)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=core.metrics, routes=app.routes)
     return app
 
+
+def _cached_openapi(app: FastAPI) -> dict[str, Any]:
+    app.openapi_schema = document_errors(get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes))
+    return app.openapi_schema

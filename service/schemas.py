@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AllowInfNan, BaseModel, Field, TypeAdapter, ValidationError, WithJsonSchema, field_validator
+
+from service.errors import InvalidParameters
+
+FiniteFloat = Annotated[float, AllowInfNan(False)]
+Box = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4, description="x1, y1, x2, y2")]
+Boxes = list[Box]
+MAX_TIMEOUT_MS = 600_000
 
 
 class PoseParams(BaseModel):
     """Query parameters of ``POST /v1/pose``."""
 
-    boxes: list[list[float]] | None = Field(
-        None, description='client person boxes as JSON, e.g. [[x1,y1,x2,y2], ...]; skips the detector')
+    boxes: Annotated[Boxes | None, WithJsonSchema({"type": "string", "examples": ["[[40,30,260,420]]"]})] = Field(
+        None, description="client person boxes as a JSON string, e.g. [[x1,y1,x2,y2], ...] in original-image "
+                          "pixels; skips the detector. Bad JSON, NaN, infinities or lists of other than 4 numbers "
+                          "are a 422; each box is clipped to the image, and one that misses it is a 400")
     det_threshold: float | None = Field(None, ge=0.0, le=1.0, description="detector score threshold")
     keypoint_threshold: float = Field(0.3, ge=0.0, le=1.0,
                                       description="marks keypoints 'visible' and limits drawing; never zeroes them")
@@ -21,19 +30,39 @@ class PoseParams(BaseModel):
     format: Literal["json", "coco"] = Field("json", description="coco: a COCO keypoint results list")
     image_id: int = Field(0, description="image_id written into format=coco results")
     render: Literal["none", "png", "jpeg"] = Field("none", description="return the image with skeletons drawn")
-    timeout_ms: float | None = Field(None, gt=0, le=600_000, description="deadline of this request")
+    timeout_ms: float | None = Field(None, gt=0, le=MAX_TIMEOUT_MS, description="deadline of this request")
 
     @field_validator("boxes", mode="before")
     @classmethod
     def _parse_json(cls, value: object) -> object:
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
             value = value[0]  # a single query value arrives as a one-element list
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"boxes must be JSON such as [[10,20,110,220]]: {error}") from error
-        return value
+        return boxes_json(value) if isinstance(value, str) else value
+
+
+def boxes_json(text: str) -> object:
+    """The JSON of a ``boxes`` parameter (NaN and Infinity are refused later as non-finite numbers)."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"boxes must be JSON such as [[10,20,110,220]]: {error}") from error
+
+
+_BOXES = TypeAdapter(Boxes)
+
+
+def parse_boxes_field(text: str) -> list[list[float]]:
+    """A multipart ``boxes`` field, validated exactly as the query parameter (else :class:`InvalidParameters`)."""
+    try:
+        return _BOXES.validate_python(boxes_json(text))
+    except (ValueError, ValidationError) as error:
+        raise InvalidParameters(f"multipart field boxes: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'boxes'}: {e['msg']}" for e in error.errors()[:3])
+    return str(error)
 
 
 class Keypoint(BaseModel):
@@ -88,10 +117,27 @@ class ModelsResponse(BaseModel):
     detector: str
 
 
+class CocoResult(BaseModel):
+    """One entry of a COCO keypoint results list (``format=coco``)."""
+
+    image_id: int
+    category_id: int
+    keypoints: list[float] = Field(description="x, y, score for each of the 17 keypoints")
+    score: float
+    bbox: list[float] = Field(description="x, y, width, height")
+
+
 class ErrorBody(BaseModel):
-    reason: str
-    message: str
+    reason: str = Field(description="short machine-readable label, e.g. bad_request, invalid_parameters, "
+                                    "not_an_image, too_large, overloaded, draining, deadline, not_found")
+    message: str = Field(description="what went wrong, for people")
 
 
 class ErrorResponse(BaseModel):
+    """The one shape of every non-2xx answer."""
+
     error: ErrorBody
+
+
+class StatusResponse(BaseModel):
+    status: str

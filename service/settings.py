@@ -47,12 +47,22 @@ class Settings(BaseSettings):
     max_queue_length: int = Field(64, ge=1, description="queued crop chunks before requests are refused")
     max_in_flight: int = Field(64, ge=1, description="requests admitted at once (decode to answer); the next is "
                                                      "refused with 429 before its image is decoded")
+    latency_target_s: float = Field(2.0, gt=0.0, description="admit a request only when the work in flight lets it "
+                                                             "finish within this (and its deadline); else 429 at once")
     request_timeout_s: float = Field(10.0, gt=0.0, description="default deadline of a request")
     cpu_workers: int = Field(default_factory=available_cpus, ge=1, description="threads for decode/detect/crop")
+    worker_niceness: int = Field(5, ge=0, le=19, description="nice value added to the work threads (CPU pool, "
+                                                             "model, ONNX Runtime) so that the event loop (health, "
+                                                             "admission, answers) runs first; 0: off")
 
     # Input limits
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    pixel_budget: int = Field(80_000_000, ge=1, description="decoded pixels of all requests at once; a request waits "
+                                                            "(until its deadline) for room for its image's pixels")
+    jpeg_draft_pixels: int = Field(12_000_000, ge=1, description="JPEGs with more pixels are decoded reduced (1/2, "
+                                                                 "1/4 or 1/8) to at most this many; results stay in "
+                                                                 "original-image pixels")
     max_client_boxes: int = Field(100, ge=1)
     max_http_connections: int = Field(1000, ge=1, description="open HTTP connections beyond this get 503 at once")
 
@@ -71,6 +81,13 @@ class Settings(BaseSettings):
     def _detector_needs_model(self) -> Settings:
         if self.detector == "onnx" and self.detector_model is None:
             raise ValueError("EFFPOSE_DETECTOR=onnx needs EFFPOSE_DETECTOR_MODEL (path to the detector ONNX)")
+        return self
+
+    @model_validator(mode="after")
+    def _largest_image_fits_the_budget(self) -> Settings:
+        if self.pixel_budget < self.max_image_pixels:
+            raise ValueError(f"EFFPOSE_PIXEL_BUDGET ({self.pixel_budget}) must be at least EFFPOSE_MAX_IMAGE_PIXELS "
+                             f"({self.max_image_pixels}), or the largest images could never be decoded")
         return self
 
     @property

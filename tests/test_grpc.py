@@ -144,10 +144,11 @@ def test_estimate_real_image(server: GrpcServer, stub: pose_pb2_grpc.PoseService
     assert np.all((keypoints[:, 0] >= box[0] - width) & (keypoints[:, 0] <= box[2] + width))
     assert np.all((keypoints[:, 1] >= box[1] - height) & (keypoints[:, 1] <= box[3] + height))
 
-    image = decode_image(data, server.settings.max_image_pixels)
+    image = decode_image(data, server.settings.max_image_pixels).pixels
     assert (response.width, response.height) == (image.shape[1], image.shape[0])
     estimator = PoseEstimator(server.settings.pose_model, decode=server.settings.decode)
-    [expected] = estimator.estimate(image, [box], flip=False)
+    sent_box = np.float32(box).astype(np.float64)  # what the message carried: Box holds 32-bit floats
+    [expected] = estimator.estimate(image, [sent_box], flip=False)
     np.testing.assert_allclose(keypoints, expected.keypoints, atol=1e-2)
     assert server.count("OK") == ok_before + 2
 
@@ -217,7 +218,7 @@ def test_client_cancel_cancels_the_work(server: GrpcServer, stub: pose_pb2_grpc.
     assert server.sample("effpose_batch_size_count") - batches < 2 * HEAVY_BOXES / server.settings.max_batch_size
 
 
-def test_health_serving_then_not_serving_after_draining(random_onnx_a: Path):
+def test_health_serving_then_not_serving_and_new_calls_unavailable_after_draining(random_onnx_a: Path):
     own = GrpcServer(pose_model=random_onnx_a)
     try:
         with own.channel() as channel:
@@ -231,8 +232,10 @@ def test_health_serving_then_not_serving_after_draining(random_onnx_a: Path):
             own.run(own.core.drain(1.0))
             assert not own.core.serving
             assert status("") == status(SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
-            pose = pose_pb2_grpc.PoseServiceStub(channel)  # in-flight and late requests are still answered
-            assert len(pose.Estimate(pose_pb2.EstimateRequest(image=noise_image(64, 64))).persons) == 1
+            pose = pose_pb2_grpc.PoseServiceStub(channel)  # calls that arrive while draining are refused
+            with pytest.raises(grpc.RpcError) as refused:
+                pose.Estimate(pose_pb2.EstimateRequest(image=noise_image(64, 64)))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
     finally:
         own.close()
 

@@ -109,7 +109,7 @@ def test_exif_orientation_grey_and_alpha_images(client):
     (b'{"image": 1}', "application/json", {}, 415, "not_an_image"),
     (JPEG, "image/jpeg", {"boxes": "[[100, 10, 50, 200]]"}, 400, "bad_request"),
     (JPEG, "image/jpeg", {"boxes": "[[1000, 1000, 1100, 1100]]"}, 400, "bad_request"),
-    (JPEG, "image/jpeg", {"boxes": "[[1, 2, 3]]"}, 400, "bad_request"),
+    (JPEG, "image/jpeg", {"boxes": "[[1, 2, 3]]"}, 422, "invalid_parameters"),
     (JPEG, "image/jpeg", {"boxes": json.dumps([BOX] * 101)}, 400, "bad_request"),
     (JPEG, "image/jpeg", {"max_persons": 1000}, 400, "bad_request"),
 ])
@@ -122,11 +122,14 @@ def test_bad_input_gets_a_clear_json_error(client, body, content_type, params, s
 
 @pytest.mark.parametrize("params", [
     {"boxes": "[[1, 2"}, {"det_threshold": 5}, {"det_threshold": "high"}, {"max_persons": 0}, {"format": "xml"},
-    {"flip": "maybe"}, {"timeout_ms": -1},
+    {"flip": "maybe"}, {"timeout_ms": -1}, {"boxes": "[[NaN, 0, 10, 10]]"}, {"boxes": "[[0, 0, 1e999, 10]]"},
+    {"boxes": '[["a", "b", "c", "d"]]'}, {"boxes": "[[1, 2, 3, 4, 5]]"}, {"boxes": "{}"},
 ])
-def test_invalid_parameters_are_422(client, params):
+def test_invalid_parameters_are_422_in_the_error_envelope(client, params):
     response = post_pose(client, **params)
-    assert response.status_code == 422 and response.json()["detail"]
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["reason"] == "invalid_parameters" and next(iter(params)) in error["message"]
 
 
 def test_size_limits_are_413_and_the_server_keeps_serving(client):
@@ -160,9 +163,12 @@ def test_coco_format_and_rendered_image(client):
         assert not np.array_equal(np.asarray(picture.convert("RGB")), scene())  # skeleton drawn
 
 
-def test_deadline_exceeded_is_504(client):
-    response = post_pose(client, boxes=json.dumps([BOX] * 50), flip=True, timeout_ms=1)
+def test_deadline_exceeded_is_504_and_an_impossible_one_is_refused_at_once(client, service):
+    cost_ms = service.service.core.admission.cost_s * 1000
+    response = post_pose(client, boxes=json.dumps([BOX] * 100), flip=True, timeout_ms=1.5 * cost_ms)
     assert response.status_code == 504 and response.json()["error"]["reason"] == "deadline"
+    impossible = post_pose(client, boxes=json.dumps([BOX]), timeout_ms=0.01)
+    assert impossible.status_code == 400 and "shorter than a request takes" in impossible.json()["error"]["message"]
 
 
 def test_models_health_and_openapi(client, random_onnx_a):
@@ -191,7 +197,8 @@ def test_metrics_count_requests_stages_batches_and_rejections(client):
 
 def test_overload_is_refused_with_retry_after_and_the_server_recovers(random_onnx_a):
     with running_service(pose_model=random_onnx_a, max_batch_size=1, max_queue_length=2, max_queue_delay_ms=0,
-                         cpu_workers=4) as small, httpx.Client(base_url=small.base_url, timeout=60) as http:
+                         cpu_workers=4, latency_target_s=600) as small, \
+            httpx.Client(base_url=small.base_url, timeout=60) as http:
         boxes = json.dumps([BOX] * 4)
         with ThreadPoolExecutor(16) as pool:
             statuses = list(pool.map(lambda _: post_pose(http, boxes=boxes, flip=True), range(32)))
@@ -204,7 +211,8 @@ def test_overload_is_refused_with_retry_after_and_the_server_recovers(random_onn
 
 
 def test_requests_beyond_the_in_flight_limit_are_refused_before_decoding(random_onnx_a):
-    with running_service(pose_model=random_onnx_a, max_in_flight=2, max_batch_size=1, cpu_workers=4) as small, \
+    with running_service(pose_model=random_onnx_a, max_in_flight=2, max_batch_size=1, cpu_workers=4,
+                         latency_target_s=600) as small, \
             httpx.Client(base_url=small.base_url, timeout=60) as http:
         boxes = json.dumps([BOX] * 8)
         with ThreadPoolExecutor(12) as pool:

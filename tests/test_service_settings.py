@@ -69,3 +69,9 @@ def test_the_shipped_person_detector_is_the_default() -> None:
     settings = Settings()
     assert settings.detector_model == DEFAULT_PERSON_DETECTOR and DEFAULT_PERSON_DETECTOR.is_file()
     assert settings.detector_kind == "onnx"
+
+
+def test_the_pixel_budget_must_hold_the_largest_image() -> None:
+    assert Settings(max_image_pixels=1000, pixel_budget=1000).pixel_budget == 1000
+    with pytest.raises(ValidationError, match="EFFPOSE_PIXEL_BUDGET"):
+        Settings(max_image_pixels=2000, pixel_budget=1000)
