@@ -125,7 +125,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         boxes, source = [(0.0, 0.0, float(width), float(height))], "whole_image"
     else:
         detector = OnnxYoloDetector(detector_model, providers=args.providers, intra_op_threads=args.threads)
-        detections = detector.detect(image, args.det_threshold, args.max_persons)
+        threshold = detector.default_threshold if args.det_threshold is None else args.det_threshold
+        detections = detector.detect(image, threshold, args.max_persons)
         boxes, box_scores, source = [d.box for d in detections], [d.score for d in detections], "detector"
     try:
         persons = estimator.estimate(image, boxes, box_scores=box_scores, source=source)
@@ -413,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--detector-model", type=Path,
                          help="person detector ONNX: own, YOLOX or YOLOv8 layout (default: the shipped detector)")
     predict.add_argument("--whole-image", action="store_true", help="no detector: the whole image is one person")
-    predict.add_argument("--det-threshold", type=float, default=0.4, help="detector score threshold")
+    predict.add_argument("--det-threshold", type=float, help="detector score threshold (default: the detector's "
+                         "calibrated one)")
     predict.add_argument("--max-persons", type=int, default=20, help="at most this many detected persons")
     predict.add_argument("--out", type=Path, help="write the image with skeletons drawn")
     predict.add_argument("--json", action="store_true", help="print the result as JSON")

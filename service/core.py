@@ -246,7 +246,8 @@ class InferenceCore:
     def _options(self, request: PoseRequest) -> tuple[float, int, bool]:
         """The request's detector threshold, person cap and flip test, defaults filled in and checked."""
         settings = self.settings
-        det_threshold = settings.det_threshold if request.det_threshold is None else request.det_threshold
+        det_threshold = next(value for value in (request.det_threshold, settings.det_threshold,
+                                                 self.detector.default_threshold) if value is not None)
         max_persons = settings.max_persons if request.max_persons is None else request.max_persons
         if not (0.0 <= det_threshold <= 1.0):  # also refuses NaN
             raise BadRequest(f"det_threshold must be in [0, 1], got {det_threshold}")

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     detector_model: Path | None = Field(default_factory=default_person_detector,
                                         description="person detector ONNX; default: the shipped one")
     detector_layout: Literal["auto", "yolox", "yolov8", "effpose"] = "auto"
-    det_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    det_threshold: float | None = Field(None, ge=0.0, le=1.0, description="detector score threshold; default: the "
+                                        "detector's calibrated one (its ONNX metadata)")
     nms_iou: float = Field(0.45, gt=0.0, le=1.0)
     max_persons: int = Field(20, ge=1, le=1000)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from effpose.detectors import Detection
-from effpose.evaluation.detection import coco_box_ap, detect_images
+from effpose.evaluation.detection import calibrate_threshold, coco_box_ap, detect_images, operating_points
 
 GT_BOXES = {1: [[10, 20, 50, 100]], 2: [[5, 5, 40, 40], [60, 10, 30, 80]]}  # image_id -> xywh
 
@@ -85,3 +85,54 @@ def test_detect_and_eval_detector_cli_on_yolox_nano(data_dir: Path, tmp_path: Pa
     detections = json.loads(out.read_text())
     assert detections and min(d["score"] for d in detections) >= 0.5
     assert {d["image_id"] for d in detections} <= {i["id"] for i in json.loads(annotations.read_text())["images"]}
+
+
+def test_operating_points_and_calibrated_threshold() -> None:
+    gt = ground_truth()  # three persons in two images
+    hits = [{**r, "score": s} for r, s in zip(results_for(), (0.9, 0.8, 0.3))]
+    false_alarms = [{"image_id": 1, "category_id": 1, "bbox": [90, 90, 20, 20], "score": 0.5},
+                    {"image_id": 2, "category_id": 1, "bbox": [0, 90, 20, 20], "score": 0.2}]
+    points = operating_points(gt, hits + false_alarms)
+    assert [p.threshold for p in points] == [0.9, 0.8, 0.5, 0.3, 0.2]
+    assert [round(p.precision, 3) for p in points] == [1.0, 1.0, 0.667, 0.75, 0.6]
+    assert [round(p.recall, 3) for p in points] == [0.333, 0.667, 0.667, 1.0, 1.0]
+    assert calibrate_threshold(gt, hits + false_alarms).threshold == 0.3  # F1 6/7: all three found, one alarm
+    duplicate = {**results_for()[0], "score": 0.95}  # a second box on a matched person is a false alarm
+    assert operating_points(gt, [duplicate, *hits])[1].precision == 0.5
+    with pytest.raises(ValueError, match="found nothing"):
+        calibrate_threshold(gt, [])
+
+
+def test_calibrated_threshold_lives_in_the_model(tmp_path: Path) -> None:
+    """`write_score_threshold` stores it in the ONNX metadata (and the card), where the detector reads it."""
+    import shutil
+
+    from effpose.assets import DEFAULT_PERSON_DETECTOR
+    from effpose.detection.export import write_score_threshold
+    from effpose.detectors import OnnxYoloDetector
+    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD
+
+    model = tmp_path / "det.onnx"
+    shutil.copyfile(DEFAULT_PERSON_DETECTOR, model)
+    (tmp_path / "det.json").write_text(json.dumps({"name": "det"}))
+    write_score_threshold(model, 0.123, {"chosen_by": "test"})
+    assert OnnxYoloDetector(model).default_threshold == pytest.approx(0.123)
+    assert json.loads((tmp_path / "det.json").read_text())["score_threshold"]["value"] == 0.123
+    shipped = OnnxYoloDetector(DEFAULT_PERSON_DETECTOR)
+    assert 0.0 < shipped.default_threshold < UNCALIBRATED_THRESHOLD  # calibrated, and lower than the old default
+
+
+def test_shipped_default_finds_people_in_a_group_photo(data_dir: Path) -> None:
+    """The service's default detector stage, at its default threshold, on a COCO val photo of 12 people."""
+    from effpose.assets import DEFAULT_PERSON_DETECTOR
+    from effpose.detectors import OnnxYoloDetector, box_iou
+
+    gt = json.loads((data_dir / "coco" / "annotations" / "person_keypoints_val.json").read_text())
+    boxes = np.array([[x, y, x + w, y + h] for a in gt["annotations"] if a["image_id"] == 1000
+                      for x, y, w, h in [a["bbox"]]])
+    assert len(boxes) == 12
+    image = cv2.imread(str(data_dir / "coco" / "images" / "000000001000.jpg"))
+    detector = OnnxYoloDetector(DEFAULT_PERSON_DETECTOR)
+    detections = detector.detect(image, detector.default_threshold, 100)
+    found = sum(bool((box_iou(np.array(d.box), boxes)[0] >= 0.5).any()) for d in detections)
+    assert found >= 6, f"{found} of 12 people found at the default threshold {detector.default_threshold}"

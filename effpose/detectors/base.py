@@ -21,10 +21,12 @@ class PersonDetector(Protocol):
     """Finds people in a BGR uint8 image (H, W, 3).
 
     ``detect`` returns at most ``max_detections`` detections with ``score >= score_threshold``, sorted by score
-    (highest first), each box clipped to the image and of positive width and height.
+    (highest first), each box clipped to the image and of positive width and height. ``default_threshold`` is
+    the score threshold to use when the caller names none (a detector's calibrated one).
     """
 
     name: str
+    default_threshold: float
 
     def detect(self, image: np.ndarray, score_threshold: float, max_detections: int) -> list[Detection]:
         """Person boxes of ``image``, best first."""

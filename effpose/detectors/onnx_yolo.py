@@ -18,6 +18,10 @@ from effpose.runtime import resolve_providers
 LAYOUTS: tuple[str, ...] = ("auto", "yolox", "yolov8", "effpose")
 #: ONNX metadata value of ``effpose.kind`` that marks the project's own person detector (layout ``effpose``).
 PERSON_DETECTOR_KIND = "person_detector"
+#: ONNX metadata key of the calibrated score threshold (``effpose calibrate-detector --write``).
+THRESHOLD_KEY = "effpose.score_threshold"
+#: The score threshold of a model that carries no calibrated one.
+UNCALIBRATED_THRESHOLD = 0.4
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tuple[np.ndarray, Letterbox]:
@@ -39,8 +43,10 @@ class OnnxYoloDetector:
     """Person detector running a YOLOX or YOLOv8 ONNX export, or the project's own detector (layout ``effpose``);
     see :mod:`effpose.detectors.yolo_decode`.
 
-    ``layout="auto"`` tells the layout from the model's metadata (``effpose.kind``) or its output shape. ``person_class`` is the person's class index (0 in
-    COCO). Boxes are merged by class-agnostic NMS at IoU ``nms_iou``. Thread-safe: ``detect`` keeps no state.
+    ``layout="auto"`` tells the layout from the model's metadata (``effpose.kind``) or its output shape.
+    ``person_class`` is the person's class index (0 in COCO). Boxes are merged by class-agnostic NMS at IoU
+    ``nms_iou``. ``default_threshold`` is the calibrated score threshold of the model's metadata
+    (:data:`THRESHOLD_KEY`), else :data:`UNCALIBRATED_THRESHOLD`. Thread-safe: ``detect`` keeps no state.
     """
 
     def __init__(
@@ -82,7 +88,9 @@ class OnnxYoloDetector:
         # it symbolic); decoding it checks that the output fits the layout and the person class.
         blank = np.zeros((1, 3, shape[2], shape[3]), np.float32)
         output = self.session.run(None, {self.input_name: blank})[0]
-        if layout == "auto" and self.session.get_modelmeta().custom_metadata_map.get("effpose.kind") == PERSON_DETECTOR_KIND:
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.default_threshold = float(metadata.get(THRESHOLD_KEY, UNCALIBRATED_THRESHOLD))
+        if layout == "auto" and metadata.get("effpose.kind") == PERSON_DETECTOR_KIND:
             layout = "effpose"
         self.layout: Layout = guess_layout(output.shape, self.input_size) if layout == "auto" else layout
         if decoded and self.layout != "yolox":

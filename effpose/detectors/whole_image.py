@@ -11,6 +11,7 @@ class WholeImageDetector:
     """Returns one detection covering the whole image, with score 1.0."""
 
     name = "whole-image"
+    default_threshold = 0.0
 
     def detect(self, image: np.ndarray, score_threshold: float, max_detections: int) -> list[Detection]:
         """``[Detection((0, 0, W, H), 1.0)]``; empty when ``score_threshold > 1`` or ``max_detections == 0``."""

@@ -85,6 +85,66 @@ def coco_box_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, 
     return {name: float(value) for name, value in zip(BOX_METRIC_NAMES, evaluation.stats)}
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Box precision, recall and F1 (matches at IoU >= 0.5) when detections scoring at least ``threshold`` are kept."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+
+
+def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: float = 0.5) -> list[OperatingPoint]:
+    """Precision / recall / F1 at every score of ``results`` (COCO results) against the non-crowd person boxes of
+    ``gt``: each detection, best first, matches the unmatched ground-truth box of its image it overlaps most if
+    that IoU reaches ``iou`` (the greedy matching of COCO and VOC)."""
+    from effpose.detectors import box_iou
+
+    truth: dict[int, np.ndarray] = {}
+    for annotation in gt["annotations"]:
+        if annotation.get("category_id", 1) == 1 and not annotation.get("iscrowd", 0):
+            x, y, w, h = annotation["bbox"]
+            truth.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
+    boxes = {image: np.asarray(found, dtype=np.float64) for image, found in truth.items()}
+    matched = {image: np.zeros(len(found), dtype=bool) for image, found in boxes.items()}
+    total = sum(len(found) for found in boxes.values())
+    hits = []
+    for result in sorted(results, key=lambda r: -r["score"]):
+        x, y, w, h = result["bbox"]
+        image = result["image_id"]
+        hit = False
+        if image in boxes:
+            overlaps = box_iou(np.array([x, y, x + w, y + h]), boxes[image])[0]
+            overlaps[matched[image]] = -1.0
+            best = int(np.argmax(overlaps))
+            hit = bool(overlaps[best] >= iou)
+            matched[image][best] |= hit
+        hits.append(hit)
+    true_positives = np.cumsum(hits)
+    scores = [result["score"] for result in sorted(results, key=lambda r: -r["score"])]
+    points = []
+    for index, score in enumerate(scores):
+        if index + 1 < len(scores) and scores[index + 1] == score:
+            continue  # a threshold keeps every detection of equal score
+        precision = true_positives[index] / (index + 1)
+        recall = true_positives[index] / max(total, 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        points.append(OperatingPoint(float(score), float(precision), float(recall), float(f1)))
+    return points
+
+
+def calibrate_threshold(gt: dict[str, Any], results: list[dict[str, Any]]) -> OperatingPoint:
+    """The operating point of maximal box F1 (its threshold: the lowest score kept); ties go to the higher threshold.
+
+    Raises ValueError when there are no detections to choose from.
+    """
+    points = operating_points(gt, results)
+    if not points:
+        raise ValueError("the detector found nothing on the calibration set: no threshold to choose")
+    return max(points, key=lambda point: point.f1)  # the first maximum: the highest threshold
+
+
 def evaluate_detector(
     detector: PersonDetector,
     annotation_json: str | Path,
