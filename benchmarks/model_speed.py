@@ -3,6 +3,17 @@
     python benchmarks/model_speed.py [--archs A B C mbv2] [--batches 1 8 32] [--threads N] [--seconds S]
                                      [--out benchmarks/results/model_speed.json]
 
+    python benchmarks/model_speed.py --int8 --pose-int8 POSE.int8.onnx [--detector-int8 DET.int8.onnx]
+                                     [--pose-model POSE.onnx] [--detector-model DET.onnx] [--batches 1 8]
+                                     [--out benchmarks/results/model_speed_int8.json]
+
+``--int8`` times fp32 against int8 (``effpose quantize``) instead: the pose model per crop at every batch size
+and the person detector per image (session call only, letterboxing and NMS excluded), fp32 and int8 interleaved in
+rounds as below, and then runs each model under ONNX Runtime's profiler to give every op type's kernel time per
+call and share (convolutions split into depthwise, pointwise, dense and transposed), so the slow kernels are named.
+The fp32 models default to the shipped ones; their input sizes are read from the models. Without ``--pose-int8`` /
+``--detector-int8`` the int8 models are made first, calibrated on the shared COCO train split (not timed).
+
 For every architecture and batch size three engines run the same random NCHW float32 batch of 256x192 crops:
 ONNX Runtime ("ort", CPUExecutionProvider, all graph optimisations), torch eager in NCHW ("torch") and torch eager
 in channels_last ("torch-cl", the NCHW batch is converted inside the timed call, as a server would have to).
@@ -27,6 +38,7 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -60,6 +72,10 @@ SETTLE_SECONDS = 0.05
 WARMUP_CALLS = 2
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model_speed.json"
+DEFAULT_INT8_OUT = DEFAULT_OUT.with_name("model_speed_int8.json")
+INT8_BATCHES = (1, 8)
+PROFILED_CALLS = 5
+TOP_OPS = 8
 
 Engine = Callable[[np.ndarray], object]
 
@@ -111,8 +127,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="intra-op threads for every engine (default: the CPUs this process may use)")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help=f"timed seconds per case, roughly (at least {MIN_REPS} repetitions)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON file for all measurements")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, help="JSON file for all measurements (default "
+                        f"{DEFAULT_OUT.name}, with --int8 {DEFAULT_INT8_OUT.name}, in benchmarks/results)")
+    int8 = parser.add_argument_group("fp32 vs int8 (--int8)")
+    int8.add_argument("--int8", action="store_true", help="time fp32 against int8 models instead of the archs")
+    int8.add_argument("--pose-model", type=Path, help="fp32 pose ONNX (default: the shipped model)")
+    int8.add_argument("--pose-int8", type=Path, help="its int8 version (default: quantize it first)")
+    int8.add_argument("--detector-model", type=Path, help="fp32 person detector (default: the shipped one)")
+    int8.add_argument("--detector-int8", type=Path, help="its int8 version (default: quantize it first)")
+    int8.add_argument("--calibration-method", default="percentile", help="when quantizing here: effpose quantize "
+                      "--method")
+    args = parser.parse_args(argv)
+    if args.int8 and args.batches == list(BATCHES):
+        args.batches = list(INT8_BATCHES)
+    if args.out is None:
+        args.out = DEFAULT_INT8_OUT if args.int8 else DEFAULT_OUT
+    return args
 
 
 # --- timing ---------------------------------------------------------------------------------------------------------
@@ -356,8 +386,196 @@ def report(args: argparse.Namespace, peak: dict[str, Any], measurements: list[Me
     }
 
 
+# --- fp32 vs int8 (--int8) -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PrecisionCase:
+    """Timed calls of the fp32 and int8 versions of one model at one batch size (ms per call)."""
+
+    model: str
+    batch: int
+    fp32_ms: list[float]
+    int8_ms: list[float]
+    others_cpu: float
+
+    @property
+    def speedup(self) -> float:
+        """Median over rounds of fp32 time / int8 time (> 1: int8 faster)."""
+        return statistics.median(f / q for f, q in zip(self.fp32_ms, self.int8_ms, strict=True))
+
+    def record(self) -> dict[str, Any]:
+        fp32, int8 = statistics.median(self.fp32_ms), statistics.median(self.int8_ms)
+        return {"model": self.model, "batch": self.batch, "fp32_ms": fp32, "int8_ms": int8,
+                "fp32_ms_per_item": fp32 / self.batch, "int8_ms_per_item": int8 / self.batch,
+                "speedup": self.speedup, "others_cpu": self.others_cpu, "reps": len(self.fp32_ms),
+                "fp32_times_ms": self.fp32_ms, "int8_times_ms": self.int8_ms}
+
+
+def model_input(session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """A random batch for a session's (fixed C, H, W) input, in [0, 1) (detector-like; speed ignores values)."""
+    first = session.get_inputs()[0]
+    _, channels, height, width = first.shape
+    data = np.random.default_rng(batch).random((batch, channels, height, width), dtype=np.float32)
+    return {first.name: data}
+
+
+def conv_kinds(path: Path) -> dict[str, str]:
+    """{name: "depthwise", "pointwise" (1x1), "dense" (k x k) or "transposed"} of a model's convolutions.
+
+    Names are the node's, its output's and, for Conv -> Relu, the Relu output's: ORT names its fused kernels after
+    one of these (QLinearConv after the node, the fp32 NCHWc Conv after the output it writes).
+    """
+    import onnx
+
+    kinds = {}
+    for node in onnx.load(str(path)).graph.node:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kind = None
+        if node.op_type == "ConvTranspose":
+            kind = "transposed"
+        elif node.op_type == "Conv":
+            kernel = list(attributes.get("kernel_shape", []))
+            kind = "depthwise" if attributes.get("group", 1) > 1 else "pointwise" if kernel == [1, 1] else "dense"
+        elif node.op_type == "Relu" and node.input[0] in kinds:
+            kind = kinds[node.input[0]]
+        if kind is not None:
+            kinds.update({node.name: kind, node.output[0]: kind})
+    return kinds
+
+
+def kernel_label(event: dict[str, Any], kinds: dict[str, str]) -> str:
+    """A profiler event's op type, with the convolution kind for convolutions ("QLinearConv depthwise")."""
+    node = re.sub(r"(_token_\d+|_nchwc)?_kernel_time$", "", event["name"])
+    kind = kinds.get(node)
+    return f"{event['args']['op_name']} {kind}" if kind and "Conv" in event["args"]["op_name"] else \
+        event["args"]["op_name"]
+
+
+def op_type_times(path: Path, threads: int, batch: int, calls: int = PROFILED_CALLS) -> dict[str, float]:
+    """Kernel milliseconds per call of every op type (after ORT's graph optimisations and QDQ fusion;
+    convolutions split by kind: depthwise, pointwise, dense, transposed), from the profiler over ``calls`` calls
+    at ``batch`` (the profiler slows calls a little); largest first."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    kinds = conv_kinds(path)
+    with tempfile.TemporaryDirectory(prefix="effpose-profile-") as workdir:
+        options.profile_file_prefix = str(Path(workdir) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = model_input(session, batch)
+        for _ in range(calls):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            label = kernel_label(event, kinds)
+            totals[label] = totals.get(label, 0.0) + event["dur"] / 1000.0 / calls
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def time_precisions(name: str, fp32: Path, int8: Path, batches: list[int], threads: int,
+                    seconds: float) -> list[PrecisionCase]:
+    """Interleaved timing of the fp32 and int8 sessions of one model at every batch size."""
+    sessions = {"fp32": ort_session(fp32, threads), "int8": ort_session(int8, threads)}
+    cases = []
+    for batch in batches:
+        feed = model_input(sessions["fp32"], batch)
+        before = cpu_counters()
+        times = interleaved_times({precision: partial(session.run, None, feed)
+                                   for precision, session in sessions.items()}, seconds)
+        case = PrecisionCase(name, batch, *([1000.0 * t for t in times[p]] for p in ("fp32", "int8")),
+                             others_cpu_share(before, cpu_counters()))
+        print(f"[{name} batch {batch}] {len(case.fp32_ms)} rounds, others' "
+              f"CPU {100 * case.others_cpu:.0f}%: fp32 {statistics.median(case.fp32_ms):.1f} ms, int8 "
+              f"{statistics.median(case.int8_ms):.1f} ms", file=sys.stderr, flush=True)
+        cases.append(case)
+    return cases
+
+
+def default_int8(fp32: Path, out: Path, method: str) -> Path:
+    """Quantize ``fp32`` to ``out``, calibrated on the shared COCO train split (``effpose quantize`` defaults)."""
+    from effpose.quantize import quantize_model
+    from effpose.training.config import data_root
+
+    coco = data_root() / "coco"
+    quantize_model(fp32, out, coco / "annotations" / "person_keypoints_train.json", coco / "images", method=method)
+    return out
+
+
+def int8_models(args: argparse.Namespace, workdir: Path) -> dict[str, tuple[Path, Path, list[int]]]:
+    """{name: (fp32 path, int8 path, batch sizes)} for the pose model and, when there is one, the detector."""
+    from effpose.assets import default_person_detector, default_pose_model
+
+    pose = args.pose_model or default_pose_model()
+    models = {"pose": (pose, args.pose_int8 or default_int8(pose, workdir / "pose.int8.onnx",
+                                                            args.calibration_method), args.batches)}
+    detector = args.detector_model or default_person_detector()
+    if detector is not None:
+        int8 = args.detector_int8 or default_int8(detector, workdir / "detector.int8.onnx", args.calibration_method)
+        models["detector"] = (detector, int8, [1])
+    return models
+
+
+def precision_table(cases: list[PrecisionCase]) -> str:
+    headers = ["model", "batch", "fp32 ms/item", "int8 ms/item", "int8 speedup", "others' CPU %"]
+    rows = [[c.model, str(c.batch), f"{statistics.median(c.fp32_ms) / c.batch:.2f}",
+             f"{statistics.median(c.int8_ms) / c.batch:.2f}", f"{c.speedup:.2f}x", f"{100 * c.others_cpu:.0f}"]
+            for c in cases]
+    return markdown_table(headers, rows)
+
+
+def op_times_table(times: dict[str, dict[str, float]]) -> str:
+    """One row per profiled model: its slowest op types with ms per call and share of the kernel time."""
+    headers = ["model / precision", "kernel ms"] + [f"op {i + 1}" for i in range(TOP_OPS)]
+    rows = []
+    for key, ops in times.items():
+        whole = sum(ops.values()) or 1.0
+        cells = [f"{op} {ms:.1f} ms ({100 * ms / whole:.0f}%)" for op, ms in list(ops.items())[:TOP_OPS]]
+        rows.append([key, f"{whole:.1f}"] + cells + [""] * (TOP_OPS - len(cells)))
+    return markdown_table(headers, rows)
+
+
+def int8_main(args: argparse.Namespace) -> None:
+    """Time fp32 vs int8 (pose per crop, detector per image), profile op types, print tables, write JSON."""
+    print(f"{cpu_model()}, {args.threads} threads", flush=True)
+    with tempfile.TemporaryDirectory(prefix="effpose-int8-") as workdir:
+        models = int8_models(args, Path(workdir))
+        cases = [case for name, (fp32, int8, batches) in models.items()
+                 for case in time_precisions(name, fp32, int8, batches, args.threads, args.seconds)]
+        op_times = {f"{name} {precision} batch {batches[-1]}": op_type_times(path, args.threads, batches[-1])
+                  for name, (fp32, int8, batches) in models.items()
+                  for precision, path in (("fp32", fp32), ("int8", int8))}
+        files = {name: {"fp32": str(fp32), "int8": str(int8), "int8_metadata": precision_metadata(int8)}
+                 for name, (fp32, int8, _) in models.items()}
+    print("\n" + precision_table(cases))
+    print("\nKernel time per call of each op type (ONNX Runtime profiler)\n")
+    print(op_times_table(op_times))
+    result = {
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_model": cpu_model(),
+        "threads": args.threads, "cpus_available": len(os.sched_getaffinity(0)),
+        "versions": {"python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__},
+        "seconds_per_case": args.seconds, "models": files,
+        "cases": [case.record() for case in cases], "op_type_ms_per_call": op_times,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def precision_metadata(path: Path) -> dict[str, str]:
+    """The effpose.* entries of a model's ONNX metadata that say what it is and how it was quantized."""
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    keys = ("effpose.name", "effpose.weights", "effpose.input_size", "effpose.precision", "effpose.quantization")
+    return {key: meta[key] for key in keys if key in meta}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.int8:
+        int8_main(args)
+        return
     torch.set_num_threads(args.threads)
     print(f"{cpu_model()}, {args.threads} threads", flush=True)
     rates_before = matmul_rates(args.threads, args.seconds)
