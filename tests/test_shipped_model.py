@@ -18,12 +18,14 @@ EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "eff
 def test_shipped_model_is_trained_and_described() -> None:
     estimator = PoseEstimator(default_pose_model())
     assert estimator.info.weights == "trained"
-    assert estimator.info.input_size == (192, 256) and estimator.info.num_joints == 17
     card = json.loads(CARD.read_text())
+    assert estimator.info.input_size == (card["input"]["width"], card["input"]["height"])
+    assert estimator.info.num_joints == 17
     assert card["export"]["onnx"] == DEFAULT_POSE_MODEL.name
     assert card["model"] == estimator.info.name
-    for key in ("data", "recipe", "epochs_run", "train_hours", "hardware"):
+    for key in ("data", "recipe", "crops_seen", "cpu_hours", "wall_hours", "hardware"):
         assert key in card["training"]
+    assert card["training"]["crops_seen"] > 460_800  # more than the five stages before the campaign
     assert {"coco_val", "coco_val_flip", "lspet_val", "lspet_val_flip"} <= set(card["validation_gt_boxes"])
 
 
