@@ -13,9 +13,12 @@ fi
 budget=$1 out=$2
 config=${CONFIG:-configs/campaign_a_128x96.json}
 resume_dir=checkpoints/efficientpose_a_coco17
+note="The EfficientPose-A training campaign (scripts/campaign_run.sh; every epoch in \
+$resume_dir/campaign_metrics.jsonl) continuing the five stages of scripts/train_efficientpose_a.sh: crops_seen and \
+wall_hours include their 460,800 crops and 3.35 h; cpu_hours counts the campaign only. Recipe: $config."
 
 nice -n 10 effpose train --config "$config" --resume "$resume_dir/last.pt" --out-dir "$out" --stop-after "$budget"
 python scripts/campaign_finish.py --run "$out" --resume-dir "$resume_dir"
 status=0
-python scripts/release_model.py --run "$out" --only-if-better || status=$?
+python scripts/release_model.py --run "$out" --only-if-better --note "$note" || status=$?
 [[ $status -eq 0 || $status -eq 3 ]]  # 3: validation did not improve, the shipped model stays

@@ -109,8 +109,9 @@ def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: flo
     boxes = {image: np.asarray(found, dtype=np.float64) for image, found in truth.items()}
     matched = {image: np.zeros(len(found), dtype=bool) for image, found in boxes.items()}
     total = sum(len(found) for found in boxes.values())
+    ranked = sorted(results, key=lambda r: -r["score"])
     hits = []
-    for result in sorted(results, key=lambda r: -r["score"]):
+    for result in ranked:
         x, y, w, h = result["bbox"]
         image = result["image_id"]
         hit = False
@@ -122,7 +123,7 @@ def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: flo
             matched[image][best] |= hit
         hits.append(hit)
     true_positives = np.cumsum(hits)
-    scores = [result["score"] for result in sorted(results, key=lambda r: -r["score"])]
+    scores = [result["score"] for result in ranked]
     points = []
     for index, score in enumerate(scores):
         if index + 1 < len(scores) and scores[index + 1] == score:

@@ -21,9 +21,9 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -448,8 +448,8 @@ class TrainingLoop:
         losses = stats.pop("losses")
         validation_started = time.perf_counter()
         metrics = self.validate()
-        record = {"run": self.out_dir.name, "epoch": epoch, **stats, **metrics, "val_seconds": time.perf_counter() - validation_started,
-                  "first_loss": losses[0], "last_loss": losses[-1], "time": time.time(),
+        record = {"run": self.out_dir.name, "epoch": epoch, **stats, **metrics,
+                  "val_seconds": time.perf_counter() - validation_started, "first_loss": losses[0], "last_loss": losses[-1], "time": time.time(),
                   "input_size": self.config.to_dict().get("input_size"), "device": self.env.device.type,
                   "processes": self.env.world_size, "threads": torch.get_num_threads(),
                   **self.totals(stats, time.perf_counter() - started, cpu_seconds() - cpu_started)}
