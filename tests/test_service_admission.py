@@ -160,7 +160,7 @@ def test_overload_is_refused_early_and_health_answers_at_once(random_onnx_a: Pat
         assert "overloaded" in reasons and reasons <= {"overloaded", "queue_full"}
         assert all(int(r.headers["retry-after"]) >= 1 for r, _ in refused)
         assert np.median([s for _, s in refused]) < np.median([s for _, s in served])  # refused before the work
-        assert np.percentile(health, 90) < 0.25 and max(health) < 1.0, health  # liveness does not queue behind work
+        assert np.percentile(health, 90) < 0.5 and max(health) < 2.0, health  # liveness does not queue behind work
         text = http.get("/metrics").text
         assert 'effpose_rejected_requests_total{reason="overloaded"}' in text
         assert 'effpose_error_duration_seconds_count{code="429",route="/v1/pose"}' in text
