@@ -1,24 +1,50 @@
 #!/usr/bin/env bash
-# One run of the pose training campaign, start to commit-ready: resume the committed resume point, train at low
-# priority for BUDGET (then validate, checkpoint and export), make the run's end the new resume point with its
-# metrics log and progress table (scripts/campaign_finish.py), and release the model if validation improved
-# (scripts/release_model.py --only-if-better). Commit checkpoints/, docs/results.md and effpose/assets/ afterwards.
-#   nohup scripts/campaign_run.sh 150m runs/campaign_r3 > runs/campaign_r3.log 2>&1 &
-#   CONFIG=configs/other.json scripts/campaign_run.sh 2h runs/campaign_r4
+# One run of a training campaign, start to commit-ready, for the pose model or the person detector: resume the
+# committed resume point, train at low priority for BUDGET (then validate, checkpoint and export), make the run's
+# end the new resume point with its metrics log and progress table (scripts/campaign_finish.py), and release the
+# model if validation improved (scripts/release_model.py / release_detector.py --only-if-better). Commit
+# checkpoints/, docs/results.md and effpose/assets/ afterwards.
+#   nohup scripts/campaign_run.sh pose 150m runs/campaign_r5 > runs/campaign_r5.log 2>&1 &
+#   OMP_NUM_THREADS=1 nohup scripts/campaign_run.sh detector 150m runs/detector_r0 > runs/detector_r0.log 2>&1 &
+#   CONFIG=configs/other.json scripts/campaign_run.sh pose 2h runs/campaign_r6
+# The detector's first run (no resume point yet) starts from the shipped detector's weights, recovered from its
+# ONNX file by scripts/detector_from_onnx.py; its teacher pseudo-boxes come from scripts/pseudo_boxes.sh.
 set -euo pipefail
-if [[ $# -ne 2 ]]; then
-  echo "usage: $0 BUDGET OUT_DIR   (BUDGET like 150m or 2h)" >&2
+if [[ $# -ne 3 || ( $1 != pose && $1 != detector ) ]]; then
+  echo "usage: $0 pose|detector BUDGET OUT_DIR   (BUDGET like 150m or 2h)" >&2
   exit 2
 fi
-budget=$1 out=$2
-config=${CONFIG:-configs/campaign_a_128x96.json}
-resume_dir=checkpoints/efficientpose_a_coco17
-note="The EfficientPose-A training campaign (scripts/campaign_run.sh; every epoch in \
+kind=$1 budget=$2 out=$3
+if [[ $kind == pose ]]; then
+  config=${CONFIG:-configs/campaign_a_128x96.json}
+  resume_dir=checkpoints/efficientpose_a_coco17
+  train=(effpose train) release=scripts/release_model.py
+  note="The EfficientPose-A training campaign (scripts/campaign_run.sh; every epoch in \
 $resume_dir/campaign_metrics.jsonl) continuing the five stages of scripts/train_efficientpose_a.sh: crops_seen and \
 wall_hours include their 460,800 crops and 3.35 h; cpu_hours counts the campaign only. Recipe: $config."
+else
+  config=${CONFIG:-configs/campaign_detector.json}
+  resume_dir=checkpoints/person_detector
+  train=(effpose train-detector) release=scripts/release_detector.py
+  note="The person-detector training campaign (scripts/campaign_run.sh detector; every epoch in \
+$resume_dir/campaign_metrics.jsonl). Its first run started from the detector shipped before it (configs/person_detector.json, \
+320x320, 40,000 images, 1.41 h on 2 threads), whose weights were recovered from its ONNX file by \
+scripts/detector_from_onnx.py; samples_seen, cpu_hours and train_hours count the campaign only. Recipe: $config."
+  scripts/pseudo_boxes.sh
+fi
+mkdir -p "$out"
+if [[ -f $resume_dir/last.pt ]]; then
+  start=(--resume "$resume_dir/last.pt")
+elif [[ $kind == detector ]]; then
+  python scripts/detector_from_onnx.py --out "$out/seed.pt"
+  start=(--cfg-options "init_checkpoint=$out/seed.pt")
+else
+  echo "no resume point $resume_dir/last.pt" >&2
+  exit 2
+fi
 
-nice -n 10 effpose train --config "$config" --resume "$resume_dir/last.pt" --out-dir "$out" --stop-after "$budget"
-python scripts/campaign_finish.py --run "$out" --resume-dir "$resume_dir"
+nice -n 10 "${train[@]}" --config "$config" "${start[@]}" --out-dir "$out" --stop-after "$budget"
+python scripts/campaign_finish.py --kind "$kind" --run "$out" --resume-dir "$resume_dir"
 status=0
-python scripts/release_model.py --run "$out" --only-if-better --note "$note" || status=$?
+python "$release" --run "$out" --only-if-better --note "$note" || status=$?
 [[ $status -eq 0 || $status -eq 3 ]]  # 3: validation did not improve, the shipped model stays

@@ -18,11 +18,12 @@ from effpose.detection.config import DetectionSource, DetectorConfig
 from effpose.detection.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
 from effpose.detection.export import check_detector_parity, export_detector
 from effpose.detection.loss import CenterNetLoss, focal_loss
-from effpose.detection.model import DetectorOutput, build_detector, decode_detections
+from effpose.detection.model import DetectorOutput, build_detector, decode_detections, load_detector
 from effpose.detection.targets import encode_targets
 from effpose.detectors import OnnxYoloDetector
 from effpose.detectors.onnx_yolo import preprocess
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
 
 
@@ -212,3 +213,57 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
                                check=False, capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"AP", "AP50", "AR"} <= set(json.loads(evaluated.stdout))
+
+
+def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
+    tmp_path: Path, randomized, data_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    model = randomized(build_detector("A", max_detections=20), input_size=(128, 128))
+    onnx_path = export_detector(model, tmp_path / "det.onnx", input_size=128, weights="random")
+    recovered = subprocess.run([sys.executable, "scripts/detector_from_onnx.py", "--onnx", str(onnx_path),
+                                "--out", str(tmp_path / "seed.pt"), "--count", "4"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert recovered.returncode == 0, recovered.stderr[-3000:]
+    seed, extra = load_detector(tmp_path / "seed.pt")
+    assert extra["recovered_from"] == str(onnx_path)
+    assert check_detector_parity(seed, onnx_path, input_size=128) <= 1e-3  # on inputs the script never saw
+    norms = [m for m in seed.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(float(m.running_var.min()) > 0 for m in norms)
+    assert sum(not torch.allclose(m.weight, torch.ones_like(m.weight)) for m in norms) > len(norms) // 2
+
+
+def test_detector_campaign_stops_resumes_and_regenerates_its_progress_table(
+    tiny_detection_data: dict[str, Path], tmp_path: Path
+) -> None:
+    source = {"name": "coco_val", "annotations": str(tiny_detection_data["annotations"]),
+              "images": str(tiny_detection_data["images"])}
+    config = {"arch": "A", "input_size": 128, "init": "scratch", "train": [source], "val": [source],
+              "epochs": 1000, "samples_per_epoch": 4000, "batch_size": 4, "schedule": "constant", "ema_decay": 0.9,
+              "warmup_steps": 1, "workers": 0}
+    (tmp_path / "det.json").write_text(json.dumps(config))
+    first, second = tmp_path / "detector_r0", tmp_path / "detector_r1"
+    for run, start in ((first, []), (second, ["--resume", str(first / "last.pt")])):
+        trained = subprocess.run([EFFPOSE, "train-detector", "--config", str(tmp_path / "det.json"), *start,
+                                  "--stop-after", "3s", "--out-dir", str(run)],
+                                 capture_output=True, text=True, timeout=300)
+        assert trained.returncode == 0, trained.stderr[-3000:]
+    state = torch.load(second / "last.pt", weights_only=False)
+    history = state["history"]
+    assert "ema" in state and [h["run"] for h in history] == ["detector_r0", "detector_r1"]
+    assert history[1]["crops_seen"] == history[0]["crops"] + history[1]["crops"] and not history[1]["complete"]
+    assert all(0.0 <= h["coco_val/AP"] <= 1.0 for h in history)
+
+    resume_dir, results = tmp_path / "checkpoints", tmp_path / "results.md"
+    results.write_text("<!-- campaign-progress:start -->\npose\n<!-- campaign-progress:end -->\n"
+                       "<!-- detector-campaign-progress:start -->\nold\n<!-- detector-campaign-progress:end -->\n")
+    finished = subprocess.run([sys.executable, "scripts/campaign_finish.py", "--kind", "detector", "--run",
+                               str(second), "--resume-dir", str(resume_dir), "--results", str(results)],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert (resume_dir / "last.pt").read_bytes() == (second / "last.pt").read_bytes()
+    table = results.read_text()
+    assert "pose" in table and "old" not in table and "box AP / AP50 / AR" in table
+    rows = [line for line in table.splitlines() if line.startswith("| detector_r")]
+    assert [row.split(" | ")[2] for row in rows] == ["128x128", "128x128"]
+    assert f"{history[1]['crops_seen']:,}" in rows[1] and f"{history[1]['coco_val/AP']:.4f}" in rows[1]

@@ -71,9 +71,10 @@ class DetectorConfig(JsonConfig):
     batch_size: int = 16  # per process
     lr: float = 2e-3
     weight_decay: float = 1e-2  # AdamW (decoupled), on conv weights only
-    schedule: Literal["step", "cosine"] = "cosine"
+    schedule: Literal["step", "cosine", "constant"] = "cosine"  # constant: the open-ended campaign (with ema_decay)
     lr_steps: list[int] = field(default_factory=list)
     warmup_steps: int = 200
+    ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights
     heatmap_weight: float = 1.0
     size_weight: float = 1.0
     offset_weight: float = 1.0
@@ -113,6 +114,8 @@ class DetectorConfig(JsonConfig):
                     raise FileNotFoundError(f"validation source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
         if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
             raise ValueError("batch_size, epochs and lr must be positive")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.input_size <= 0 or self.input_size % 32:
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
         if (self.input_size // 4) ** 2 < self.max_detections:

@@ -81,7 +81,7 @@ class DetectorTrainer(TrainingLoop):
 
     def validate(self) -> dict[str, float]:
         """Box AP through the exported ONNX (see :func:`validate_detector`)."""
-        return validate_detector(self.model, self.config) if self.config.val else {}
+        return validate_detector(self.evaluated_model, self.config) if self.config.val else {}
 
 
 def run_detector_training(config: DetectorConfig, resume: str | Path | None = None,

@@ -143,23 +143,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_detector(args: argparse.Namespace) -> int:
     """Print the max-F1 threshold with its precision / recall (and the uncalibrated default's); --write stores it."""
-    from dataclasses import asdict
+    from effpose.evaluation.detection import calibrate_detector
 
-    from effpose.data.coco import read_coco_json
-    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD
-    from effpose.evaluation.detection import calibrate_threshold, detect_images, operating_points
-
-    run = detect_images(_build_detector(args), args.annotations, args.images, 0.01, args.max_detections,
-                        progress=sys.stderr.isatty())
-    gt = read_coco_json(args.annotations)
-    best = calibrate_threshold(gt, run.results)
-    uncalibrated = min(operating_points(gt, run.results), key=lambda p: abs(p.threshold - UNCALIBRATED_THRESHOLD))
-    report = {"calibrated_on": data_relative(args.annotations), "chosen_by": "max box F1 at IoU 0.5",
-              "best": asdict(best), "nearest_to_uncalibrated_default": asdict(uncalibrated)}
+    threshold, report = calibrate_detector(_build_detector(args), args.annotations, args.images,
+                                           data_relative(args.annotations), args.max_detections,
+                                           progress=sys.stderr.isatty())
     if args.write:
         from effpose.detection.export import write_score_threshold
 
-        write_score_threshold(args.model, best.threshold, report)
+        write_score_threshold(args.model, threshold, report)
     print(json.dumps(report, indent=2))
     return 0
 
