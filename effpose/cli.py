@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from effpose.contract import DEFAULT_INPUT_SIZE
 from effpose.evaluation.cli import add_detector_parsers, add_eval_parser
 from effpose.search.space import SEARCH_SPACES
 
@@ -84,15 +85,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.checkpoint is None and not args.random_weights:
         print("error: pass --checkpoint FILE (or --random-weights for an untrained test model)", file=sys.stderr)
         return 2
+    trained_size = None
     if args.checkpoint is not None:
-        model, _ = load_checkpoint(args.checkpoint, arch=args.arch)
+        model, extra = load_checkpoint(args.checkpoint, arch=args.arch)
+        trained_size = (extra.get("train_config") or {}).get("input_size")
         weights = "trained"
     else:
         model = build_model(args.arch or "A", num_joints=args.joints)
         weights = "random-init"
-    path = export_onnx(model, args.out, args.input, weights=weights)
-    diff = check_parity(model, path, args.input)
-    print(json.dumps({"out": str(path), "weights": weights, "parity_max_abs_diff": diff}))
+    input_size = args.input or (tuple(trained_size) if trained_size else DEFAULT_INPUT_SIZE)
+    path = export_onnx(model, args.out, input_size, weights=weights)
+    diff = check_parity(model, path, input_size)
+    print(json.dumps({"out": str(path), "weights": weights, "input_size": list(input_size),
+                      "parity_max_abs_diff": diff}))
     return 0
 
 
@@ -103,6 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from effpose.assets import default_person_detector, default_pose_model
     from effpose.detectors import OnnxYoloDetector
     from effpose.draw import draw_poses
+    from effpose.pipeline import TopDownPipeline
     from effpose.runtime import PoseEstimator
 
     image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)  # applies the EXIF orientation
@@ -117,19 +123,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if estimator.info.weights != "trained":
         print(f"warning: {estimator.info.name} has {estimator.info.weights} weights; its keypoints are meaningless",
               file=sys.stderr)
-    detector_model = None if args.whole_image else args.detector_model or default_person_detector()
-    box_scores = None
-    if args.box:
-        boxes, source = args.box, "client"
-    elif detector_model is None:
+    boxes, source, detector = args.box, None, None
+    if not args.box and args.whole_image:
         boxes, source = [(0.0, 0.0, float(width), float(height))], "whole_image"
-    else:
-        detector = OnnxYoloDetector(detector_model, providers=args.providers, intra_op_threads=args.threads)
-        threshold = detector.default_threshold if args.det_threshold is None else args.det_threshold
-        detections = detector.detect(image, threshold, args.max_persons)
-        boxes, box_scores, source = [d.box for d in detections], [d.score for d in detections], "detector"
+    elif not args.box:
+        detector = OnnxYoloDetector(args.detector_model or default_person_detector(), providers=args.providers,
+                                    intra_op_threads=args.threads)
     try:
-        persons = estimator.estimate(image, boxes, box_scores=box_scores, source=source)
+        persons = TopDownPipeline(estimator, detector).estimate(
+            image, boxes, det_threshold=args.det_threshold, max_persons=args.max_persons, source=source)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="parameters and MACs of an architecture (JSON)")
     info.add_argument("--arch", default="A", help="A, B, C, mbv2 or a genotype JSON file")
-    info.add_argument("--input", type=parse_input_size, default=(192, 256), help="HEIGHTxWIDTH, default 256x192")
+    info.add_argument("--input", type=parse_input_size, default=DEFAULT_INPUT_SIZE, help="HEIGHTxWIDTH, default 256x192")
     info.add_argument("--joints", type=int, default=17)
     info.set_defaults(func=cmd_info)
 
@@ -337,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--arch", default=None, help="A, B, C, mbv2 or genotype JSON (default: the checkpoint's own, else A)")
     export.add_argument("--checkpoint", type=Path, help="checkpoint written by training")
     export.add_argument("--random-weights", action="store_true", help="export an untrained model (tests only)")
-    export.add_argument("--input", type=parse_input_size, default=(192, 256), help="HEIGHTxWIDTH, default 256x192")
+    export.add_argument("--input", type=parse_input_size,
+                        help="HEIGHTxWIDTH (default: the checkpoint's training size, else 256x192)")
     export.add_argument("--joints", type=int, default=17, help="joints of a --random-weights model")
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(func=cmd_export)
@@ -393,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Export every candidate op of a search space at its layer's shape to "
                               "ONNX and time it with ONNX Runtime (batch 1, median of --reps runs).")
     lut.add_argument("--space", choices=sorted(SEARCH_SPACES), default="A", help="the space to be searched")
-    lut.add_argument("--input", type=parse_input_size, default=(192, 256),
+    lut.add_argument("--input", type=parse_input_size, default=DEFAULT_INPUT_SIZE,
                      help="HEIGHTxWIDTH, default 256x192: the search's crop size")
     lut.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (the service's)")
     lut.add_argument("--providers", choices=("cpu", "cuda"), default="cpu", help="ONNX Runtime execution provider")

@@ -12,28 +12,29 @@ import onnxruntime as ort
 import torch
 
 from effpose import __version__
-from effpose.keypoints import KEYPOINT_NAMES, SKELETON
+from effpose.contract import DEFAULT_INPUT_SIZE, PoseContract
+from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES
 from effpose.model import EfficientPose
-from effpose.processing import INPUT_MEAN, INPUT_STD
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "heatmaps"
 OPSET = 17
 
 
+def model_contract(model: EfficientPose, input_size: tuple[int, int]) -> PoseContract:
+    """The contract of ``model`` at crops of ``input_size`` (width, height): its joints, their flip pairs."""
+    joints = model.num_joints
+    return PoseContract(input_size=tuple(input_size), keypoint_names=tuple(KEYPOINT_NAMES[:joints]),
+                        flip_pairs=tuple(pair for pair in FLIP_PAIRS if max(pair) < joints))
+
+
 def model_metadata(model: EfficientPose, input_size: tuple[int, int], weights: str, version: str) -> dict[str, str]:
-    """Metadata stored in the ONNX file; the runtime reads the input contract from it."""
+    """Metadata stored in the ONNX file: identity, the network's config and the contract the runtime reads."""
     return {
         "effpose.name": model.genotype.name,
         "effpose.version": version,
         "effpose.weights": weights,
-        "effpose.input_size": json.dumps(list(input_size)),
-        "effpose.num_joints": str(model.num_joints),
-        "effpose.keypoint_names": json.dumps(list(KEYPOINT_NAMES[: model.num_joints])),
-        "effpose.skeleton": json.dumps([list(pair) for pair in SKELETON]),
-        "effpose.input_mean": json.dumps(list(INPUT_MEAN)),
-        "effpose.input_std": json.dumps(list(INPUT_STD)),
-        "effpose.input_format": "RGB float32 NCHW, (pixel/255 - mean) / std",
+        **model_contract(model, input_size).to_metadata(),
         "effpose.config": json.dumps(model.config()),
     }
 
@@ -71,7 +72,7 @@ def save_onnx(
 def export_onnx(
     model: EfficientPose,
     path: str | Path,
-    input_size: tuple[int, int] = (192, 256),
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
     weights: str = "trained",
     version: str = __version__,
 ) -> Path:
@@ -88,7 +89,7 @@ def export_onnx(
 def check_parity(
     model: EfficientPose,
     onnx_path: str | Path,
-    input_size: tuple[int, int] = (192, 256),
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
     batch_sizes: tuple[int, ...] = (1, 3),
     atol: float = 1e-4,
     seed: int = 0,

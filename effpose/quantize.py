@@ -42,6 +42,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from effpose.data.coco import load_person_records, read_coco_json
 from effpose.detectors.onnx_yolo import PERSON_DETECTOR_KIND, OnnxYoloDetector, preprocess
+from effpose.onnx_session import create_session
 from effpose.runtime import PoseEstimator
 
 Method = Literal["entropy", "percentile", "minmax"]
@@ -274,10 +275,7 @@ def copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     """A CPU session with ``threads`` intra-op threads (1 by default: calibration is not timed)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_session(path, "cpu", intra_op_threads=threads, inter_op_threads=1)
 
 
 def output_fidelity(fp32: Path, int8: Path, samples: np.ndarray, batch_size: int = 8) -> dict[str, float]:

@@ -28,9 +28,10 @@ from effpose import __version__
 from effpose.assets import ASSETS_DIR
 from effpose.cards import read_history, write_card
 from effpose.detection.config import DetectorConfig
-from effpose.detection.export import check_detector_parity, export_detector, write_score_threshold
+from effpose.detection.export import check_detector_parity, export_detector
 from effpose.detection.model import load_detector
 from effpose.detectors import OnnxYoloDetector
+from effpose.detectors.onnx_yolo import write_score_threshold
 from effpose.evaluation.detection import calibrate_detector, evaluate_detector
 from effpose.machine import cpu_model
 from effpose.model import measure_complexity

@@ -14,14 +14,15 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
 
 from effpose.detectors import PersonDetector, build_detector
 from effpose.draw import draw_poses
-from effpose.runtime import ModelInfo, PersonPose, PoseEstimator, PreparedCrops, person_score
+from effpose.pipeline import PersonPose, PreparedImage, TopDownPipeline
+from effpose.runtime import ModelInfo, PoseEstimator
 from service.admission import PixelBudget, Ticket, WorkAdmission
 from service.batcher import BatchStats, DynamicBatcher
 from service.errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
@@ -69,22 +70,23 @@ def validate_boxes(boxes: Sequence[Sequence[float]], width: int, height: int, li
     try:
         array = np.asarray(boxes, dtype=np.float64)
     except (TypeError, ValueError, OverflowError) as error:
-        raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2] numbers: {error}") from error
+        raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2] numbers: {error}", field="boxes") from error
     if array.size == 0:
         return array.reshape(0, 4)
     if array.ndim != 2 or array.shape[1] != 4:
-        raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2], got shape {list(array.shape)}")
+        raise BadRequest(f"boxes must be a list of [x1, y1, x2, y2], got shape {list(array.shape)}", field="boxes")
     if len(array) > limit:
-        raise BadRequest(f"{len(array)} boxes sent; at most {limit} per request")
+        raise BadRequest(f"{len(array)} boxes sent; at most {limit} per request", field="boxes")
     clipped = np.clip(array, 0.0, [width, height, width, height])
     for index, ((x1, y1, x2, y2), (cx1, cy1, cx2, cy2)) in enumerate(zip(array, clipped)):
         if not np.all(np.isfinite([x1, y1, x2, y2])):
-            raise BadRequest(f"box {index} has a non-finite coordinate")
+            raise BadRequest(f"box {index} has a non-finite coordinate", field=f"boxes[{index}]")
         if not (x2 > x1 and y2 > y1):
-            raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] must have x1 < x2 and y1 < y2")
+            raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] must have x1 < x2 and y1 < y2",
+                             field=f"boxes[{index}]")
         if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
             raise BadRequest(f"box {index} [{x1}, {y1}, {x2}, {y2}] does not cover a pixel of the {width}x{height} "
-                             "image")
+                             "image", field=f"boxes[{index}]")
     return clipped
 
 
@@ -122,8 +124,9 @@ class InferenceCore:
             settings.detector_kind, settings.detector_model, layout=settings.detector_layout, nms_iou=settings.nms_iou,
             providers=settings.providers, intra_op_threads=settings.threads,
         ))
+        self.pipeline = TopDownPipeline(self.estimator, self.detector)
         self.batcher = DynamicBatcher(
-            self.estimator.run, max_batch_size=settings.max_batch_size,
+            self.pipeline.run, max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_ms / 1000.0, max_queue_length=settings.max_queue_length,
             enabled=settings.batching, on_batch=self._record_batch, thread_initializer=lower_current_thread(nice),
         )
@@ -231,17 +234,24 @@ class InferenceCore:
         det_threshold, max_persons, flip = self._options(request)
         timings: dict[str, float] = {}
 
-        clock = time.perf_counter()
         header = probe_image(request.image, self.settings.max_image_pixels, self.settings.jpeg_draft_pixels)
         await self.pixels.acquire(header.decoded_pixels, deadline)
         try:
             self._check_deadline(deadline)
-            image = await self._in_cpu(decode_image, request.image, self.settings.max_image_pixels,
-                                       self.settings.jpeg_draft_pixels)
-            timings["decode"] = _ms_since(clock)
-            return await self._poses(request, image, (det_threshold, max_persons, flip), deadline, timings, started)
+            image, prepared = await self._in_cpu(self._cpu_stage, request, det_threshold, max_persons, flip, timings)
+            self._check_deadline(deadline)
+            clock = time.perf_counter()
+            heatmaps, queue_s = (await self.batcher.submit(prepared.tensor, deadline) if len(prepared)
+                                 else (prepared.tensor, 0.0))
+            persons = await self._in_cpu(self._finish, prepared, heatmaps, image) if len(prepared) else []
         finally:
             self.pixels.release(header.decoded_pixels)
+        timings["queue"] = queue_s * 1000.0
+        timings["pose"] += _ms_since(clock) - timings["queue"]
+        timings["total"] = _ms_since(started)
+        self.metrics.observe_stages(timings)
+        self.metrics.persons.observe(len(persons))
+        return PoseResult(request.request_id or uuid.uuid4().hex, image.width, image.height, persons, timings, image)
 
     def _options(self, request: PoseRequest) -> tuple[float, int, bool]:
         """The request's detector threshold, person cap and flip test, defaults filled in and checked."""
@@ -250,52 +260,36 @@ class InferenceCore:
                                                  self.detector.default_threshold) if value is not None)
         max_persons = settings.max_persons if request.max_persons is None else request.max_persons
         if not (0.0 <= det_threshold <= 1.0):  # also refuses NaN
-            raise BadRequest(f"det_threshold must be in [0, 1], got {det_threshold}")
+            raise BadRequest(f"det_threshold must be in [0, 1], got {det_threshold}", field="det_threshold")
         if not (1 <= max_persons <= settings.max_persons):
-            raise BadRequest(f"max_persons must be in [1, {settings.max_persons}], got {max_persons}")
+            raise BadRequest(f"max_persons must be in [1, {settings.max_persons}], got {max_persons}",
+                             field="max_persons")
         return det_threshold, max_persons, settings.flip if request.flip is None else request.flip
 
-    async def _poses(self, request: PoseRequest, image: DecodedImage, options: tuple[float, int, bool],
-                     deadline: float, timings: dict[str, float], started: float) -> PoseResult:
-        det_threshold, max_persons, flip = options
+    def _cpu_stage(self, request: PoseRequest, det_threshold: float, max_persons: int, flip: bool,
+                   timings: dict[str, float]) -> tuple[DecodedImage, PreparedImage]:
+        """Everything before the model, in one trip to the CPU pool: decode, the boxes (the client's, clipped to
+        the image, or the detector's), the crops. Boxes and crops are in the pixels of the decoded image."""
+        clock = time.perf_counter()
+        image = decode_image(request.image, self.settings.max_image_pixels, self.settings.jpeg_draft_pixels)
+        timings["decode"] = _ms_since(clock)
         clock = time.perf_counter()
         if request.boxes is not None:
-            boxes = validate_boxes(request.boxes, image.width, image.height, self.settings.max_client_boxes)
-            box_scores, source = np.ones(len(boxes)), "client"
+            client = validate_boxes(request.boxes, image.width, image.height, self.settings.max_client_boxes)
+            boxes, scores, source = boxes_to_decoded(client, image), np.ones(len(client)), "client"
         else:
-            detections = await self._in_cpu(self.detector.detect, image.pixels, det_threshold, max_persons)
-            found = np.asarray([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
-            boxes, box_scores, source = boxes_to_original(found, image), np.asarray([d.score for d in detections]), \
-                "detector"
+            (boxes, scores), source = self.pipeline.locate(image.pixels, det_threshold, max_persons), "detector"
         timings["detect"] = _ms_since(clock)
-        self._check_deadline(deadline)
-
         clock = time.perf_counter()
-        prepared, inputs = await self._in_cpu(self._prepare, image.pixels, boxes_to_decoded(boxes, image), flip)
-        heatmaps, queue_s = await self.batcher.submit(inputs, deadline) if len(inputs) else (inputs, 0.0)
-        keypoints = await self._in_cpu(self._keypoints, heatmaps, prepared.matrices, flip) if len(boxes) else \
-            np.zeros((0, self.info.num_joints, 3))
-        timings["queue"] = queue_s * 1000.0
-        timings["pose"] = _ms_since(clock) - timings["queue"]
+        prepared = self.pipeline.prepare(image.pixels, boxes, scores, flip=flip, source=source)
+        timings["pose"] = _ms_since(clock)
+        return image, prepared
 
-        keypoints = keypoints_to_original(keypoints, image)
-        persons = [
-            PersonPose(box, float(score), kps, person_score(kps[:, 2], float(score)), source)
-            for box, score, kps in zip(boxes, box_scores, keypoints)
-        ]
-        timings["total"] = _ms_since(started)
-        self.metrics.observe_stages(timings)
-        self.metrics.persons.observe(len(persons))
-        return PoseResult(request.request_id or uuid.uuid4().hex, image.width, image.height, persons, timings, image)
-
-    def _prepare(self, pixels: np.ndarray, boxes: np.ndarray, flip: bool) -> tuple[PreparedCrops, np.ndarray]:
-        """Crops of the boxes and the model input (with their mirror images for the flip test)."""
-        prepared = self.estimator.prepare(pixels, boxes)
-        return prepared, self.estimator.with_mirrored(prepared.tensor) if flip and len(boxes) else prepared.tensor
-
-    def _keypoints(self, heatmaps: np.ndarray, matrices: np.ndarray, flip: bool) -> np.ndarray:
-        """Keypoints in decoded-image pixels from the model's heatmaps (mirrored halves merged for the flip test)."""
-        return self.estimator.decode(self.estimator.merge_mirrored(heatmaps) if flip else heatmaps, matrices)
+    def _finish(self, prepared: PreparedImage, heatmaps: np.ndarray, image: DecodedImage) -> list[PersonPose]:
+        """The persons, boxes and keypoints mapped from the decoded image's pixels to the original image's."""
+        return [replace(person, box=boxes_to_original(person.box, image),
+                        keypoints=keypoints_to_original(person.keypoints, image))
+                for person in self.pipeline.finish(prepared, heatmaps)]
 
     async def render(self, result: PoseResult, keypoint_threshold: float, fmt: str) -> bytes:
         """The image with the result's skeletons drawn, encoded as ``png`` or ``jpeg`` (in the CPU pool).

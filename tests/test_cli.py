@@ -12,6 +12,7 @@ import pytest
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR
 from effpose.detectors import OnnxYoloDetector
+from effpose.runtime import PoseEstimator
 
 EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
 
@@ -20,6 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([EFFPOSE, *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_info_prints_spec_counts() -> None:
     result = run("info", "--arch", "A", "--input", "256x256", "--joints", "16")
     assert result.returncode == 0, result.stderr
@@ -34,11 +36,13 @@ def test_info_rejects_bad_input_size() -> None:
     assert result.returncode == 2 and "multiples of 32" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_needs_weights(tmp_path) -> None:
     result = run("export", "--out", str(tmp_path / "x.onnx"))
     assert result.returncode == 2 and "--checkpoint" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_checkpoint(tmp_path, random_model_a) -> None:
     from effpose.model import save_checkpoint
 
@@ -47,6 +51,12 @@ def test_export_checkpoint(tmp_path, random_model_a) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["weights"] == "trained" and report["parity_max_abs_diff"] < 1e-4
+    assert report["input_size"] == [192, 256]  # no training size recorded: the default
+    save_checkpoint(random_model_a, tmp_path / "b.pt", train_config={"input_size": [96, 128]})
+    trained_small = run("export", "--checkpoint", str(tmp_path / "b.pt"), "--out", str(tmp_path / "b.onnx"))
+    assert trained_small.returncode == 0, trained_small.stderr
+    assert json.loads(trained_small.stdout)["input_size"] == [96, 128]  # the size it was trained at
+    assert PoseEstimator(tmp_path / "b.onnx").info.input_size == (96, 128)
     wrong_arch = run("export", "--arch", "C", "--checkpoint", str(tmp_path / "a.pt"), "--out", str(tmp_path / "c.onnx"))
     assert wrong_arch.returncode == 2 and "holds" in wrong_arch.stderr
 

@@ -65,6 +65,7 @@ def test_detect_images_writes_coco_results(tmp_path: Path) -> None:
         (1, [10, 20, 50, 100], 0.8), (2, [5, 5, 40, 40], 0.8)]
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_detect_and_eval_detector_cli_on_yolox_nano(data_dir: Path, tmp_path: Path) -> None:
     """The third-party YOLOX-nano, a known-good reference: its person AP on the shared val split is far from 0."""
@@ -108,9 +109,8 @@ def test_calibrated_threshold_lives_in_the_model(tmp_path: Path) -> None:
     import shutil
 
     from effpose.assets import DEFAULT_PERSON_DETECTOR
-    from effpose.detection.export import write_score_threshold
     from effpose.detectors import OnnxYoloDetector
-    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD
+    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD, write_score_threshold
 
     model = tmp_path / "det.onnx"
     shutil.copyfile(DEFAULT_PERSON_DETECTOR, model)

@@ -10,12 +10,16 @@ import onnx
 import pytest
 import torch
 
+from effpose.contract import PoseContract
 from effpose.export import check_parity
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES
+from effpose.onnx_session import resolve_providers
+from effpose.pipeline import TopDownPipeline, person_score
 from effpose.processing import merge_flip
-from effpose.runtime import PoseEstimator, person_score, resolve_providers
+from effpose.runtime import PoseEstimator
 
 
+@pytest.mark.slow
 def test_export_parity_and_dynamic_batch(random_model_a, random_onnx_a) -> None:
     diff = check_parity(random_model_a, random_onnx_a, batch_sizes=(1, 3, 8))
     assert diff < 1e-4
@@ -25,6 +29,7 @@ def test_export_parity_and_dynamic_batch(random_model_a, random_onnx_a) -> None:
         assert (random_model_a(x) - random_model_a(x.flip(-1))).abs().mean() > 1e-2
 
 
+@pytest.mark.slow
 def test_parity_check_catches_a_different_model(randomized, random_onnx_a) -> None:
     from effpose.model import build_model
 
@@ -44,6 +49,44 @@ def test_export_metadata_describes_the_model(random_onnx_a) -> None:
     assert estimator.info.input_size == (192, 256) and estimator.info.num_joints == 17
 
 
+def test_the_contract_travels_in_the_metadata_and_is_what_the_runtime_uses(random_onnx_a, tmp_path) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(random_onnx_a)).metadata_props}
+    contract = PoseEstimator(random_onnx_a).contract
+    assert PoseContract.from_metadata(meta) == contract == PoseContract()
+    assert {"effpose.stride", "effpose.padding", "effpose.flip_pairs", "effpose.decoder"} <= set(meta)
+    assert [tuple(pair) for pair in json.loads(meta["effpose.flip_pairs"])] == list(FLIP_PAIRS)
+
+    model = onnx.load(str(random_onnx_a))  # a file whose metadata says another padding: the runtime follows it
+    for entry in model.metadata_props:
+        if entry.key == "effpose.padding":
+            entry.value = "1.5"
+    onnx.save(model, str(tmp_path / "padded.onnx"))
+    padded = TopDownPipeline(PoseEstimator(tmp_path / "padded.onnx"))
+    plain = TopDownPipeline(PoseEstimator(random_onnx_a))
+    box = [[100, 40, 300, 340]]
+    wider, narrower = (pipeline.prepare(_photo(), box).matrices[0] for pipeline in (padded, plain))
+    assert wider[0, 0] == pytest.approx(narrower[0, 0] * 1.25 / 1.5)  # a larger crop region: a smaller scale
+
+    for entry in model.metadata_props:
+        if entry.key == "effpose.input_size":
+            entry.value = "[96, 128]"
+    onnx.save(model, str(tmp_path / "contradicts.onnx"))
+    with pytest.raises(ValueError, match="input size"):
+        PoseEstimator(tmp_path / "contradicts.onnx")
+
+
+def test_pooled_images_give_what_each_image_gives_alone(random_onnx_a) -> None:
+    pipeline = TopDownPipeline(PoseEstimator(random_onnx_a, decode="quarter"))
+    image, mirror = _photo(), np.ascontiguousarray(_photo()[:, ::-1])
+    boxes = ([[100, 40, 300, 340], [10, 20, 90, 200]], [], [[50, 50, 250, 300]])
+    prepared = [pipeline.prepare(picture, some, flip=True) for picture, some in zip((image, image, mirror), boxes)]
+    pooled = pipeline.run_pooled(prepared)
+    assert [len(persons) for persons in pooled] == [2, 0, 1]
+    for picture, some, persons in zip((image, image, mirror), boxes, pooled):
+        alone = pipeline.estimate(picture, some, flip=True)
+        np.testing.assert_allclose([p.keypoints for p in persons], [p.keypoints for p in alone], atol=1e-4)
+
+
 def _photo() -> np.ndarray:
     rng = np.random.default_rng(1)
     image = cv2.GaussianBlur(rng.integers(0, 255, (360, 480, 3), dtype=np.uint8), (7, 7), 0)
@@ -61,6 +104,7 @@ def _peak_margin(heatmaps: np.ndarray) -> np.ndarray:
     return flat.max(-1) - np.where(far, flat, -np.inf).max(-1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flip", [False, True])
 def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, flip: bool) -> None:
     # quarter decoding is exact given the heatmaps; DARK's accuracy is tested in test_processing, and its Newton step
@@ -68,7 +112,7 @@ def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, 
     estimator = PoseEstimator(random_onnx_a, decode="quarter")
     image = _photo()
     boxes = [[100, 40, 300, 340], [10.5, 20.25, 90, 200], [-30, -30, 600, 500]]
-    persons = estimator.estimate(image, boxes, flip=flip)
+    persons = TopDownPipeline(estimator).estimate(image, boxes, flip=flip)
 
     prepared = estimator.prepare(image, boxes)
     with torch.no_grad():
@@ -91,18 +135,20 @@ def test_runtime_matches_torch_on_the_same_crops(random_model_a, random_onnx_a, 
 
 
 def test_keypoints_land_inside_the_padded_box(random_onnx_a) -> None:
-    persons = PoseEstimator(random_onnx_a).estimate(_photo(), [[100, 40, 300, 340]])
+    persons = TopDownPipeline(PoseEstimator(random_onnx_a)).estimate(_photo(), [[100, 40, 300, 340]])
     x, y = persons[0].keypoints[:, 0], persons[0].keypoints[:, 1]
     # the crop covers the box enlarged to 3:4 and by 1.25
     assert (x > 100 - 100).all() and (x < 300 + 100).all() and (y > 40 - 40).all() and (y < 340 + 40).all()
 
 
 def test_no_boxes_and_bad_boxes(random_onnx_a) -> None:
-    estimator = PoseEstimator(random_onnx_a)
-    assert estimator.estimate(_photo(), []) == []
+    pipeline = TopDownPipeline(PoseEstimator(random_onnx_a))
+    assert pipeline.estimate(_photo(), []) == []
     for bad in ([[10, 10, 5, 50]], [[np.nan, 0, 10, 10]], [[0, 0, np.inf, 10]]):
         with pytest.raises(ValueError):
-            estimator.estimate(_photo(), bad)
+            pipeline.estimate(_photo(), bad)
+    with pytest.raises(ValueError, match="no person detector"):
+        pipeline.estimate(_photo())
 
 
 def test_person_score_uses_confident_keypoints_only() -> None:
@@ -127,7 +173,7 @@ def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
 
 def test_inference_path_imports_no_torch() -> None:
     code = (
-        "import sys, effpose.runtime, effpose.processing, effpose.draw, effpose.keypoints, effpose.genotype, "
+        "import sys, effpose.runtime, effpose.pipeline, effpose.contract, effpose.processing, effpose.draw, effpose.keypoints, effpose.genotype, "
         "effpose.assets, effpose.cli, effpose.data, effpose.evaluation.runner, effpose.detectors, service.main; bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
         "assert not bad, bad"
     )

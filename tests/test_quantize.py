@@ -18,7 +18,8 @@ import pytest
 from effpose.assets import default_person_detector, default_pose_model
 from effpose.cli import main
 from effpose.detectors import OnnxYoloDetector
-from effpose.detectors.nms import box_iou
+from effpose.pipeline import TopDownPipeline
+from effpose.processing.boxes import box_iou
 from effpose.quantize import PRECISION_KEY, QUANTIZATION_KEY, equalize_cross_layer, quantize_model
 from effpose.runtime import PoseEstimator
 
@@ -62,6 +63,7 @@ def run_cli(argv: list[str]) -> dict:
     return json.loads(buffer.getvalue())
 
 
+@pytest.mark.slow
 def test_quantized_pose_model_is_int8_with_the_original_metadata(int8_pose: tuple[Path, dict]) -> None:
     path, report = int8_pose
     assert report["kind"] == "pose" and report["calibration_samples"] == CALIBRATION_CROPS
@@ -75,6 +77,7 @@ def test_quantized_pose_model_is_int8_with_the_original_metadata(int8_pose: tupl
     assert report["excluded_nodes"] == ["/predictor/Conv"]  # the heatmap output layer stays float32
 
 
+@pytest.mark.slow
 def test_runtime_loads_the_int8_pose_model_and_agrees_with_fp32(int8_pose: tuple[Path, dict],
                                                                  coco_val_person: tuple[Path, list[float]]) -> None:
     path, _ = int8_pose
@@ -82,7 +85,7 @@ def test_runtime_loads_the_int8_pose_model_and_agrees_with_fp32(int8_pose: tuple
     image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
     fp32, int8 = PoseEstimator(default_pose_model(), intra_op_threads=1), PoseEstimator(path, intra_op_threads=1)
     assert int8.info == fp32.info  # the input contract, names and skeleton come from the carried metadata
-    expected, actual = (model.estimate(image, [box])[0].keypoints for model in (fp32, int8))
+    expected, actual = (TopDownPipeline(model).estimate(image, [box])[0].keypoints for model in (fp32, int8))
     confident = expected[:, 2] > 0.3
     assert confident.sum() >= 5
     distance = np.linalg.norm(actual[confident, :2] - expected[confident, :2], axis=1)
@@ -103,6 +106,7 @@ def int8_detector(coco: tuple[Path, Path], tmp_path_factory: pytest.TempPathFact
     return out, quantize_model(model, out, *coco, method="minmax", count=CALIBRATION_IMAGES)
 
 
+@pytest.mark.slow
 def test_quantized_detector_keeps_its_threshold_and_finds_the_same_person(
     int8_detector: tuple[Path, Any], coco_val_person: tuple[Path, list[float]]
 ) -> None:
@@ -122,6 +126,7 @@ def test_quantized_detector_keeps_its_threshold_and_finds_the_same_person(
     assert iou > 0.8
 
 
+@pytest.mark.slow
 def test_the_service_loads_int8_models_from_its_settings(int8_pose: tuple[Path, dict],
                                                          int8_detector: tuple[Path, Any],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from effpose.data.sources import DataSource
 from effpose.detection.augment import DetectionAugment
-from effpose.training.config import DataSource, JsonConfig
+from effpose.training.config import LoopConfig
 
 BOX_KINDS: tuple[str, ...] = ("gt", "teacher", "merged")
 
@@ -52,11 +53,11 @@ class DetectionSource(DataSource):
 
 
 @dataclass
-class DetectorConfig(JsonConfig):
+class DetectorConfig(LoopConfig):
     """Everything one detector training run depends on; saved next to its checkpoints.
 
     ``input_size`` is the square input side S. ``val`` sources are scored with their GT person boxes
-    (COCO box AP through the exported ONNX). Shared loop settings mean what they mean in the pose config.
+    (COCO box AP through the exported ONNX). The loop settings are :class:`LoopConfig`'s.
     """
 
     arch: str = "A"  # genotype of the trunk: A, B, C, mbv2 or a genotype JSON
@@ -66,25 +67,19 @@ class DetectorConfig(JsonConfig):
     val: list[DataSource] = field(default_factory=list)
     init: Literal["scratch", "lite0"] = "lite0"
     init_checkpoint: str = ""
-    epochs: int = 30
-    samples_per_epoch: int = 0  # 0: the number of training images
-    batch_size: int = 16  # per process
-    lr: float = 2e-3
-    weight_decay: float = 1e-2  # AdamW (decoupled), on conv weights only
-    schedule: Literal["step", "cosine", "constant"] = "cosine"  # constant: the open-ended campaign (with ema_decay)
-    lr_steps: list[int] = field(default_factory=list)
-    warmup_steps: int = 200
-    ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights
     heatmap_weight: float = 1.0
     size_weight: float = 1.0
     offset_weight: float = 1.0
     augment: DetectionAugment = field(default_factory=DetectionAugment)
-    select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' box AP, or "<val name>/AP"
+    # the loop's defaults for the detector (the others are the pose model's; see LoopConfig)
+    epochs: int = 30
+    batch_size: int = 16  # per process
+    lr: float = 2e-3
+    weight_decay: float = 1e-2  # AdamW (decoupled), on conv weights only
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    lr_steps: list[int] = field(default_factory=list)
+    warmup_steps: int = 200
     workers: int = 1
-    amp: bool = True  # bfloat16 autocast, only used on CUDA
-    channels_last: bool = True
-    seed: int = 0
-    max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)
     out_dir: str = "runs/person_detector"
 
     @classmethod
@@ -112,10 +107,7 @@ class DetectorConfig(JsonConfig):
             for path in source.paths():
                 if not path.exists():
                     raise FileNotFoundError(f"validation source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
-        if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
-            raise ValueError("batch_size, epochs and lr must be positive")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        self.validate_loop()
         if self.input_size <= 0 or self.input_size % 32:
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
         if (self.input_size // 4) ** 2 < self.max_detections:

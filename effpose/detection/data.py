@@ -30,7 +30,7 @@ from effpose.detection.augment import (
 )
 from effpose.detection.config import DetectionSource
 from effpose.detection.targets import STRIDE, encode_targets
-from effpose.detectors.nms import box_iou
+from effpose.processing.boxes import box_iou
 
 
 @dataclass(frozen=True, eq=False)

@@ -43,27 +43,6 @@ def detector_metadata(model: CenterNetDetector, input_size: int, weights: str, v
     }
 
 
-def write_score_threshold(model_path: str | Path, threshold: float, calibration: dict) -> None:
-    """Store a calibrated score threshold in a detector's ONNX metadata (``effpose.score_threshold``, read by
-    :class:`~effpose.detectors.OnnxYoloDetector`) and, when the model has a card beside it, in the card."""
-    import onnx
-
-    from effpose.detectors.onnx_yolo import THRESHOLD_KEY
-
-    path = Path(model_path)
-    model = onnx.load(str(path))
-    entries = {entry.key: entry.value for entry in model.metadata_props}
-    entries[THRESHOLD_KEY] = f"{threshold:.4f}"
-    entries["effpose.score_threshold_calibration"] = json.dumps(calibration)
-    onnx.helper.set_model_props(model, entries)
-    onnx.save(model, str(path))
-    card = path.with_suffix(".json")
-    if card.is_file():
-        content = json.loads(card.read_text())
-        content["score_threshold"] = {"value": round(threshold, 4), **calibration}
-        card.write_text(json.dumps(content, indent=2) + "\n")
-
-
 def export_detector(
     model: CenterNetDetector, path: str | Path, input_size: int = 320, weights: str = "trained",
     version: str = __version__,

@@ -10,10 +10,10 @@ from typing import Any
 
 from effpose.detectors.base import Detection, PersonDetector
 from effpose.detectors.letterbox import Letterbox, letterbox
-from effpose.detectors.nms import box_iou, nms
 from effpose.detectors.onnx_yolo import OnnxYoloDetector, preprocess
 from effpose.detectors.whole_image import WholeImageDetector
 from effpose.detectors.yolo_decode import decode_boxes, decode_yolov8, decode_yolox, guess_layout
+from effpose.processing.boxes import box_iou, nms
 
 DETECTOR_KINDS: tuple[str, ...] = ("onnx", "whole-image")
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import onnxruntime as ort
 
 from effpose.detectors.base import Detection, image_size, to_detections
 from effpose.detectors.letterbox import Letterbox, letterbox
-from effpose.detectors.nms import nms
 from effpose.detectors.yolo_decode import Layout, decode_boxes, decode_yolov8, decode_yolox, guess_layout
-from effpose.runtime import resolve_providers
+from effpose.onnx_session import create_session
+from effpose.processing.boxes import nms
 
 LAYOUTS: tuple[str, ...] = ("auto", "yolox", "yolov8", "effpose")
 #: ONNX metadata value of ``effpose.kind`` that marks the project's own person detector (layout ``effpose``).
@@ -22,6 +22,25 @@ PERSON_DETECTOR_KIND = "person_detector"
 THRESHOLD_KEY = "effpose.score_threshold"
 #: The score threshold of a model that carries no calibrated one.
 UNCALIBRATED_THRESHOLD = 0.4
+
+
+def write_score_threshold(model_path: str | Path, threshold: float, calibration: dict) -> None:
+    """Store a calibrated score threshold in a detector's ONNX metadata (``effpose.score_threshold``, read by
+    :class:`~effpose.detectors.OnnxYoloDetector`) and, when the model has a card beside it, in the card."""
+    import onnx  # the training extra: calibration writes files, serving only reads them
+
+    path = Path(model_path)
+    model = onnx.load(str(path))
+    entries = {entry.key: entry.value for entry in model.metadata_props}
+    entries[THRESHOLD_KEY] = f"{threshold:.4f}"
+    entries["effpose.score_threshold_calibration"] = json.dumps(calibration)
+    onnx.helper.set_model_props(model, entries)
+    onnx.save(model, str(path))
+    card = path.with_suffix(".json")
+    if card.is_file():
+        content = json.loads(card.read_text())
+        content["score_threshold"] = {"value": round(threshold, 4), **calibration}
+        card.write_text(json.dumps(content, indent=2) + "\n")
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tuple[np.ndarray, Letterbox]:
@@ -68,10 +87,7 @@ class OnnxYoloDetector:
             raise ValueError(f"person_class must be >= 0, got {person_class}")
         if not 0.0 < nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
-        options = ort.SessionOptions()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(path), options, providers=resolve_providers(providers))
+        self.session = create_session(path, providers, intra_op_threads)
         self.name = path.name
         model_input = self.session.get_inputs()[0]
         shape = model_input.shape

@@ -114,7 +114,7 @@ def add_detector_parsers(subparsers: Any) -> None:
 
 def data_relative(path: Path) -> str:
     """``path`` relative to the data root ($EFFPOSE_DATA) when it lies inside it, else as given."""
-    from effpose.training.config import data_root
+    from effpose.data.sources import data_root
 
     try:
         return str(path.resolve().relative_to(data_root().resolve()))
@@ -149,7 +149,7 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
                                            data_relative(args.annotations), args.max_detections,
                                            progress=sys.stderr.isatty())
     if args.write:
-        from effpose.detection.export import write_score_threshold
+        from effpose.detectors.onnx_yolo import write_score_threshold
 
         write_score_threshold(args.model, threshold, report)
     print(json.dumps(report, indent=2))

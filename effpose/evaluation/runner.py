@@ -8,31 +8,29 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from effpose.contract import DEFAULT_INPUT_SIZE
 from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
 from effpose.evaluation.coco_eval import METRIC_NAMES, coco_keypoint_ap
 from effpose.evaluation.pck import PCKResult, pck
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from effpose.processing.affine import DEFAULT_INPUT_SIZE
+from effpose.pipeline import PersonPose, PreparedImage, TopDownPipeline
 from effpose.processing.heatmap import DecodeMethod
-from effpose.runtime import PersonPose, PoseEstimator, person_score
+from effpose.runtime import PoseEstimator
 
 PCK_THRESHOLD = 0.2
 PCK_KEY = f"PCK@{PCK_THRESHOLD:g}"
 PER_JOINT_PCK_KEY = f"per_joint_{PCK_KEY}"
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
-T = TypeVar("T")
 
 
 @dataclass
@@ -142,7 +140,7 @@ def evaluate(
     """Estimate every person of a COCO-format keypoint set and score the result.
 
     ``boxes`` is ``"gt"`` (each non-crowd GT person with labelled keypoints, person score from
-    :func:`effpose.runtime.person_score` with box score 1) or the path of COCO detection results
+    :func:`effpose.pipeline.person_score` with box score 1) or the path of COCO detection results
     (``image_id``, ``bbox`` [x, y, w, h], ``score``, ``category_id``): only category 1 with
     score >= ``box_score_threshold`` on images of the annotation file are used, and the person score is
     the box score times the confident-keypoint mean. ``flip`` None uses the estimator's setting.
@@ -156,14 +154,10 @@ def evaluate(
     gt = read_coco_json(annotation_json)
     use_gt = str(boxes) == "gt"
     tasks = _gt_tasks(gt) if use_gt else _detection_tasks(gt, _read_detections(boxes), box_score_threshold)
-    keypoints = _estimate(estimator, tasks, Path(image_dir), flip, batch_size, progress)
-
-    results, offset = [], 0
-    for task in tasks:
-        for box, box_score, person in zip(task.boxes, task.box_scores, keypoints[offset: offset + len(task.boxes)]):
-            pose = PersonPose(np.asarray(box), float(box_score), person, person_score(person[:, 2], float(box_score)))
-            results.append(pose.to_coco(task.image_id))
-        offset += len(task.boxes)
+    persons = _estimate(TopDownPipeline(estimator), tasks, Path(image_dir), flip, batch_size, progress)
+    results = [pose.to_coco(task.image_id) for task, poses in zip(tasks, persons) for pose in poses]
+    keypoints = np.asarray([pose.keypoints for poses in persons for pose in poses]).reshape(
+        -1, estimator.info.num_joints, 3)
 
     metrics: dict[str, Any] = coco_keypoint_ap(gt, results, drop_pseudo=drop_pseudo)
     pck_result = _gt_box_pck(tasks, keypoints, drop_pseudo) if use_gt else None
@@ -222,36 +216,21 @@ def _detection_tasks(gt: dict[str, Any], detections: Any, score_threshold: float
     ]
 
 
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _crops(estimator: PoseEstimator, tasks: list[_ImageTask], image_dir: Path,
-           progress: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(crop tensor, image->crop matrix) of every box, image by image, in task order."""
-    for done, task in enumerate(tasks, 1):
+def _estimate(pipeline: TopDownPipeline, tasks: list[_ImageTask], image_dir: Path, flip: bool | None,
+              batch_size: int, progress: bool) -> list[list[PersonPose]]:
+    """The persons of every task's boxes, in order, with the crops of consecutive images pooled into model batches
+    of at least ``batch_size`` crops (the last one excepted)."""
+    persons: list[list[PersonPose]] = []
+    pending: list[PreparedImage] = []
+    for task in tqdm(tasks, desc="evaluating", unit="image", disable=not progress):
         image = cv2.imread(str(image_dir / task.file_name), cv2.IMREAD_COLOR)
         if image is None:
             raise FileNotFoundError(f"cannot read image {image_dir / task.file_name}")
-        prepared = estimator.prepare(image, task.boxes)
-        yield from zip(prepared.tensor, prepared.matrices)
-        if progress:
-            sys.stderr.write(f"\revaluating: {done}/{len(tasks)} images")
-            sys.stderr.write("\n" if done == len(tasks) else "")
-            sys.stderr.flush()
-
-
-def _estimate(estimator: PoseEstimator, tasks: list[_ImageTask], image_dir: Path, flip: bool | None,
-              batch_size: int, progress: bool) -> np.ndarray:
-    """Keypoints (M, J, 3) of all boxes of all tasks, in order, with crops pooled across images."""
-    outputs = [np.zeros((0, estimator.info.num_joints, 3))]
-    for chunk in _chunks(_crops(estimator, tasks, image_dir, progress), batch_size):
-        tensor = np.stack([crop for crop, _ in chunk])
-        matrices = np.stack([matrix for _, matrix in chunk])
-        outputs.append(estimator.decode(estimator.infer(tensor, flip), matrices))
-    return np.concatenate(outputs)
+        pending.append(pipeline.prepare(image, task.boxes, task.box_scores, flip=flip))
+        if sum(len(item) for item in pending) >= batch_size:
+            persons += pipeline.run_pooled(pending)
+            pending = []
+    return persons + (pipeline.run_pooled(pending) if pending else [])
 
 
 def _gt_box_pck(tasks: list[_ImageTask], keypoints: np.ndarray, drop_pseudo: bool) -> PCKResult:

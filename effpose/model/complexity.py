@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from effpose.contract import DEFAULT_INPUT_SIZE
+
 
 @dataclass(frozen=True)
 class Complexity:
@@ -32,7 +34,7 @@ def _layer_macs(module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -
 
 
 @torch.no_grad()
-def measure_complexity(model: nn.Module, input_size: tuple[int, int] = (192, 256), channels: int = 3) -> Complexity:
+def measure_complexity(model: nn.Module, input_size: tuple[int, int] = DEFAULT_INPUT_SIZE, channels: int = 3) -> Complexity:
     """Count parameters and MACs by running one (1, channels, H, W) forward pass with hooks on every conv.
 
     ``channels`` is 3 for a network; a single layer (e.g. one searchable op) takes its own input width.

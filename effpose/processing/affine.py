@@ -11,12 +11,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-#: ImageNet per-channel mean, RGB order, for inputs scaled to [0, 1] (the model's input contract).
-INPUT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-#: ImageNet per-channel standard deviation, RGB order, for inputs scaled to [0, 1].
-INPUT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-DEFAULT_INPUT_SIZE: tuple[int, int] = (192, 256)
+from effpose.contract import DEFAULT_INPUT_SIZE, DEFAULT_PADDING, INPUT_MEAN, INPUT_STD
 
 
 def _positive_finite(value: float, name: str) -> float:
@@ -39,7 +34,7 @@ def _validate_box(box_xyxy: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def box_to_center_size(
-    box_xyxy: Sequence[float] | np.ndarray, aspect_ratio: float, padding: float = 1.25
+    box_xyxy: Sequence[float] | np.ndarray, aspect_ratio: float, padding: float = DEFAULT_PADDING
 ) -> tuple[np.ndarray, np.ndarray]:
     """Turn a box (x1, y1, x2, y2) in image pixels into a crop centre and (w, h) size.
 
@@ -112,7 +107,7 @@ def crop_person(
     image: np.ndarray,
     box_xyxy: Sequence[float] | np.ndarray,
     input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
-    padding: float = 1.25,
+    padding: float = DEFAULT_PADDING,
     rotation_deg: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crop a person box out of an (H, W, 3) uint8 image for a model input of size (width, height).

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from effpose.detectors.nms import box_iou
+from effpose.processing.boxes import box_iou
 
 
 @dataclass(frozen=True)

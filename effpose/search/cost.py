@@ -28,7 +28,7 @@ from effpose.genotype import SKIP, Genotype
 from effpose.keypoints import NUM_KEYPOINTS
 from effpose.model import build_model, build_op, measure_complexity
 from effpose.model.network import HEAD_CHANNELS, build_head, build_sic, build_stem
-from effpose.runtime import resolve_providers
+from effpose.onnx_session import resolve_providers
 from effpose.search.space import SearchSpace
 
 METRICS: tuple[str, ...] = ("macs", "latency_ms")

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Self
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def data_root() -> Path:
-    """Where relative data paths point: $EFFPOSE_DATA, else ../shared/data beside the checkout."""
-    return Path(os.environ.get("EFFPOSE_DATA", DEFAULT_DATA_ROOT))
-
-
-@dataclass
-class DataSource:
-    """A COCO-format keypoint json and its image folder (relative paths are under the data root)."""
-
-    annotations: str
-    images: str
-    name: str
-    ratio: float = 1.0
-
-    def paths(self) -> tuple[Path, Path]:
-        """Absolute (annotations, images) paths."""
-        root = data_root()
-        return root / self.annotations, root / self.images
+from effpose.contract import DEFAULT_INPUT_SIZE
+from effpose.data.sources import DataSource
 
 
 class JsonConfig:
@@ -45,17 +25,11 @@ class JsonConfig:
 
 
 @dataclass
-class TrainConfig(JsonConfig):
-    """Everything one training run depends on; saved next to its checkpoints."""
+class LoopConfig(JsonConfig):
+    """The training loop's settings (:class:`effpose.training.trainer.TrainingLoop`), shared by pose training,
+    detector training and the architecture search; each task's config adds its model and data and may change
+    the defaults."""
 
-    arch: str = "A"  # A, B, C, mbv2 or a genotype JSON written by the search
-    sic: bool = True
-    input_size: tuple[int, int] = (192, 256)  # (width, height)
-    train: list[DataSource] = field(default_factory=list)
-    pack: str = ""  # a data pack (`effpose data pack`) replaces the train sources' files (their names and ratios stay)
-    val: list[DataSource] = field(default_factory=list)
-    init: Literal["scratch", "lite0"] = "scratch"  # lite0: FNA remap of EfficientNet-Lite0 ImageNet weights
-    init_checkpoint: str = ""  # start from these weights instead (fine-tuning, progressive resizing)
     epochs: int = 140
     samples_per_epoch: int = 0  # 0: the summed size of the training sources
     batch_size: int = 32  # per process
@@ -64,21 +38,42 @@ class TrainConfig(JsonConfig):
     schedule: Literal["step", "cosine", "constant"] = "step"  # constant: the open-ended campaign (with ema_decay)
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs where lr is multiplied by 0.1
     warmup_steps: int = 300
-    sigma: float = 2.0
-    loss: Literal["mse", "fg_mse"] = "mse"  # fg_mse: pixel weight 1 + fg_weight * target (see JointsMSELoss)
-    fg_weight: float = 10.0
-    augment: Literal["release", "light", "none"] = "release"  # AugmentConfig.preset; "none" for smoke tests
     ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights
-    pseudo_weight: float = 0.5  # loss weight of pseudo-labelled keypoints (0 drops them)
-    precise_bn_batches: int = 0  # before validating, re-estimate BN statistics on this many un-augmented batches
     select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' AP, or "<val name>/AP"
-    val_flip: bool = False
     workers: int = 2
     amp: bool = True  # bfloat16 autocast, only used on CUDA
     channels_last: bool = True
     seed: int = 0
     max_steps_per_epoch: int = 0  # 0: no cap (smoke tests set a few)
     out_dir: str = "runs/efficientpose_a"
+
+    def validate_loop(self) -> None:
+        """Fail early on loop settings that cannot work (each task's ``validate`` calls this)."""
+        if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
+            raise ValueError("batch_size, epochs and lr must be positive")
+        if self.weight_decay < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("weight_decay must be >= 0 and ema_decay in [0, 1)")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Everything one training run depends on; saved next to its checkpoints."""
+
+    arch: str = "A"  # A, B, C, mbv2 or a genotype JSON written by the search
+    sic: bool = True
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE  # (width, height)
+    train: list[DataSource] = field(default_factory=list)
+    pack: str = ""  # a data pack (`effpose data pack`) replaces the train sources' files (their names and ratios stay)
+    val: list[DataSource] = field(default_factory=list)
+    init: Literal["scratch", "lite0"] = "scratch"  # lite0: FNA remap of EfficientNet-Lite0 ImageNet weights
+    init_checkpoint: str = ""  # start from these weights instead (fine-tuning, progressive resizing)
+    sigma: float = 2.0
+    loss: Literal["mse", "fg_mse"] = "mse"  # fg_mse: pixel weight 1 + fg_weight * target (see JointsMSELoss)
+    fg_weight: float = 10.0
+    augment: Literal["release", "light", "none"] = "release"  # AugmentConfig.preset; "none" for smoke tests
+    pseudo_weight: float = 0.5  # loss weight of pseudo-labelled keypoints (0 drops them)
+    precise_bn_batches: int = 0  # before validating, re-estimate BN statistics on this many un-augmented batches
+    val_flip: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -104,10 +99,7 @@ class TrainConfig(JsonConfig):
             for path in source.paths():
                 if not path.exists():
                     raise FileNotFoundError(f"data source {source.name!r}: {path} not found (set EFFPOSE_DATA?)")
-        if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
-            raise ValueError("batch_size, epochs and lr must be positive")
+        self.validate_loop()
         width, height = self.input_size
         if width % 32 or height % 32:
             raise ValueError(f"input size {self.input_size} must be multiples of 32")
-        if self.weight_decay < 0 or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("weight_decay must be >= 0 and ema_decay in [0, 1)")

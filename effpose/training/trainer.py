@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,36 +43,10 @@ from effpose.evaluation.runner import estimator_for_model
 from effpose.export import export_onnx
 from effpose.model import EfficientPose, GenotypeTrunk, build_model, save_checkpoint
 from effpose.model.seed import remap_lite0
-from effpose.training.config import TrainConfig
+from effpose.training.config import LoopConfig, TrainConfig
 from effpose.training.loss import JointsMSELoss
 
 log = logging.getLogger("effpose.train")
-
-
-class RunSettings(Protocol):
-    """What the shared loop reads from a run's config (:class:`TrainConfig`, the detector's config)."""
-
-    epochs: int
-    samples_per_epoch: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    schedule: str
-    lr_steps: list[int]
-    warmup_steps: int
-    select_metric: str
-    workers: int
-    amp: bool
-    channels_last: bool
-    seed: int
-    max_steps_per_epoch: int
-    out_dir: str
-
-    def validate(self) -> None:
-        """Raise on settings that cannot work."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (saved as config.json and in checkpoints)."""
 
 
 @dataclass
@@ -168,7 +142,7 @@ def build_train_data(config: TrainConfig, env: Environment, augment: str = "rele
     return data, mixed_sampler(data, [s.ratio for s in config.train], config, env)
 
 
-def mixed_sampler(data: ConcatDataset, ratios: list[float], config: RunSettings, env: Environment) -> MixedSampler:
+def mixed_sampler(data: ConcatDataset, ratios: list[float], config: LoopConfig, env: Environment) -> MixedSampler:
     """Draws ``config.samples_per_epoch`` (default: all) indices per epoch from ``data``'s parts in ``ratios``.
 
     Under DDP every rank draws its own share of the epoch's samples with its own seed.
@@ -177,7 +151,7 @@ def mixed_sampler(data: ConcatDataset, ratios: list[float], config: RunSettings,
     return MixedSampler(data, ratios, per_rank, seed=config.seed + 1000 * env.rank)
 
 
-def learning_rate(config: RunSettings, epoch: int, step: int, steps_per_epoch: int) -> float:
+def learning_rate(config: LoopConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then constant, step decay (x0.1 at each of ``lr_steps``) or cosine decay to 1% of the base."""
     global_step = epoch * steps_per_epoch + step
     warmup = min(1.0, (global_step + 1) / max(config.warmup_steps, 1))
@@ -285,7 +259,7 @@ class TrainingLoop:
     #: DDP must look for parameters a step did not use (networks whose forward skips some of their layers)
     find_unused_parameters: bool = False
 
-    def __init__(self, config: RunSettings, env: Environment):
+    def __init__(self, config: LoopConfig, env: Environment):
         config.validate()
         self.config, self.env = config, env
         self.out_dir = Path(config.out_dir)
@@ -299,9 +273,8 @@ class TrainingLoop:
             if env.world_size > 1 else self.model
         )
         self.optimizer = self.build_optimizer()
-        ema_decay = getattr(config, "ema_decay", 0.0)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-                    if ema_decay else None)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay else None)
         self.use_amp = config.amp and env.device.type == "cuda"  # bfloat16 autocast: no loss scaling needed
         self.loader, self.sampler = self.build_loader()
         self.start_epoch, self.best, self.history = 0, -math.inf, []
@@ -543,7 +516,7 @@ class Trainer(TrainingLoop):
                            weights="trained")
 
 
-def run_loop(trainer_class: type[TrainingLoop], config: RunSettings, resume: str | Path | None = None,
+def run_loop(trainer_class: type[TrainingLoop], config: LoopConfig, resume: str | Path | None = None,
              stop_after_s: float | None = None) -> list[dict[str, Any]]:
     """Set up the process (torchrun-aware), train ``trainer_class`` on ``config`` (for at most ``stop_after_s``
     seconds of training when given), tear down."""

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression for axis-aligned boxes, in numpy."""
+"""Box geometry in numpy: pairwise IoU and greedy non-maximum suppression of axis-aligned boxes."""
 
 from __future__ import annotations
 
