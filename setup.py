@@ -17,14 +17,21 @@ PROTO_DIR = ROOT / "proto"
 
 
 def generate_grpc_stubs() -> None:
-    """Compile every ``proto/**/*.proto`` into Python messages, type stubs and gRPC stubs under the repository root."""
+    """Compile every ``proto/**/*.proto`` into Python messages, type stubs and gRPC stubs under the repository root.
+
+    Imports resolve against ``proto/``, protobuf's well-known types (grpcio-tools) and googleapis-common-protos
+    (``google/rpc/status.proto``, shipped beside its ``status_pb2``); the latter two are build requirements.
+    """
     import grpc_tools
+    from google.rpc import status_pb2
     from grpc_tools import protoc
 
     protos = sorted(str(path.relative_to(PROTO_DIR)) for path in PROTO_DIR.rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    googleapis = Path(status_pb2.__file__).parents[2]
     outputs = [f"--{kind}_out={ROOT}" for kind in ("python", "pyi", "grpc_python")]
-    if protoc.main(["grpc_tools.protoc", f"-I{PROTO_DIR}", f"-I{well_known}", *outputs, *protos]) != 0:
+    includes = [f"-I{path}" for path in (PROTO_DIR, well_known, googleapis)]
+    if protoc.main(["grpc_tools.protoc", *includes, *outputs, *protos]) != 0:
         raise RuntimeError(f"protoc failed on {protos}")
 
 

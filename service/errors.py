@@ -4,15 +4,24 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """A request that cannot be answered; ``reason`` is a short machine-readable label (also a metrics label)."""
+    """A request that cannot be answered; ``reason`` is a short machine-readable label (also a metrics label).
+
+    ``retry_after``: seconds after which the same request may succeed (REST ``Retry-After``, gRPC ``RetryInfo``),
+    None when retrying does not help. ``field``: the request field at fault, when there is one (gRPC ``BadRequest``
+    field violation), e.g. ``image`` or ``timestamp_s``.
+    """
 
     http_status = 500
     grpc_code = "INTERNAL"
     reason = "internal"
+    retry_after: float | None = None
+    field: str | None = None
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.message = message
+        if field is not None:
+            self.field = field
 
 
 class BadRequest(ServiceError):
@@ -30,13 +39,13 @@ class InvalidParameters(ServiceError):
 class NotAnImage(ServiceError):
     """Bytes that are not a decodable image (empty, truncated, another format)."""
 
-    http_status, grpc_code, reason = 415, "INVALID_ARGUMENT", "not_an_image"
+    http_status, grpc_code, reason, field = 415, "INVALID_ARGUMENT", "not_an_image", "image"
 
 
 class TooLarge(ServiceError):
     """A body over the byte limit or an image over the pixel limit."""
 
-    http_status, grpc_code, reason = 413, "INVALID_ARGUMENT", "too_large"
+    http_status, grpc_code, reason, field = 413, "INVALID_ARGUMENT", "too_large", "image"
 
 
 class Overloaded(ServiceError):
@@ -69,9 +78,9 @@ class DeadlineTooShort(ServiceError):
 
 
 class Unavailable(ServiceError):
-    """The service is not ready or is shutting down."""
+    """The service is not ready or is shutting down (``draining``: retry on another instance)."""
 
-    http_status, grpc_code, reason = 503, "UNAVAILABLE", "unavailable"
+    http_status, grpc_code, reason, retry_after = 503, "UNAVAILABLE", "unavailable", 1.0
 
     def __init__(self, message: str, reason: str = "unavailable"):
         super().__init__(message)

@@ -1,16 +1,21 @@
-"""Conversions between the ``effpose.v1`` protobuf messages and the inference core's requests and results."""
+"""Conversions between the ``effpose.v1`` protobuf messages and the inference core's requests, results and errors."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import grpc
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
 import effpose
 from effpose.runtime import ModelInfo
 from effpose.v1 import pose_pb2
 from service.core import PoseRequest, PoseResult
 from service.errors import NotAnImage, ServiceError
+
+ERROR_DOMAIN = "effpose"  # google.rpc.ErrorInfo.domain of every error this service answers
 
 
 def pose_request(message: pose_pb2.EstimateRequest, timeout_s: float | None) -> PoseRequest:
@@ -58,11 +63,21 @@ def model_description(info: ModelInfo, detector: str) -> pose_pb2.ModelDescripti
     )
 
 
-def status_code(error: ServiceError) -> grpc.StatusCode:
-    """The gRPC status code of a service error."""
-    return grpc.StatusCode[error.grpc_code]
+def rich_status(error: ServiceError, parent: str = "") -> status_pb2.Status:
+    """A service error as a ``google.rpc.Status``: its code, message and details.
 
-
-def error_status(error: ServiceError) -> pose_pb2.Status:
-    """A service error as the per-frame ``Status`` of a stream (code number as in google.rpc.Code)."""
-    return pose_pb2.Status(code=status_code(error).value[0], message=error.message)
+    Details: an ``ErrorInfo`` always (the error's reason in upper case, domain :data:`ERROR_DOMAIN`), a
+    ``RetryInfo`` when retrying later may succeed, a ``BadRequest`` when a request field is at fault (its path,
+    under ``parent`` when the request is nested, e.g. ``request`` in a stream's ``Frame``).
+    """
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=error.reason.upper(), domain=ERROR_DOMAIN)]
+    if error.retry_after is not None:
+        details.append(error_details_pb2.RetryInfo(retry_delay=timedelta(seconds=error.retry_after)))
+    if error.field is not None:
+        field = f"{parent}.{error.field}" if parent else error.field
+        details.append(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=error.message)]))
+    status = status_pb2.Status(code=grpc.StatusCode[error.grpc_code].value[0], message=error.message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return status

@@ -1,8 +1,11 @@
 """gRPC frontend: ``effpose.v1.PoseService`` over the inference core, with standard health checking and reflection.
 
 Handlers are thin: convert the message, ``await core.estimate``, convert the result. A :class:`ServiceError`
-becomes the call's status (its ``grpc_code``); the client's deadline bounds the core's work and a cancelled or
-expired call cancels it. Every answer (each frame, for streams) is counted under the method's full name.
+becomes the call's status in the standard rich error model: its ``grpc_code`` and message, and a
+``google.rpc.Status`` with ErrorInfo / RetryInfo / BadRequest details in ``grpc-status-details-bin`` (a failed
+frame of a stream carries the same ``google.rpc.Status`` in its ``FrameResult``). The client's deadline bounds the
+core's work and a cancelled or expired call cancels it. Every answer (each frame, for streams) is counted under the
+method's full name.
 """
 
 from __future__ import annotations
@@ -18,17 +21,12 @@ from grpc_health.v1.health import OVERALL_HEALTH
 from grpc_health.v1.health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from effpose.v1 import pose_pb2, pose_pb2_grpc
 from service.core import InferenceCore, PoseResult
 from service.errors import ServiceError
-from service.grpc_messages import (
-    error_status,
-    estimate_response,
-    model_description,
-    pose_request,
-    status_code,
-)
+from service.grpc_messages import estimate_response, model_description, pose_request, rich_status
 from service.grpc_stream import StreamSmoother, ordered_window
 from service.metrics import ServiceMetrics
 from service.settings import Settings
@@ -56,7 +54,7 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
     async def Estimate(
         self, request: pose_pb2.EstimateRequest, context: grpc.aio.ServicerContext
     ) -> pose_pb2.EstimateResponse:
-        """Poses of one image; errors abort the call with the error's status code and message."""
+        """Poses of one image; errors abort the call with the error's rich status (code, message, details)."""
         started, code = time.monotonic(), "UNKNOWN"
         try:
             response = self._response(await self.core.estimate(pose_request(request, context.time_remaining())))
@@ -64,7 +62,7 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
             return response
         except ServiceError as error:
             code = error.grpc_code
-            await context.abort(status_code(error), error.message)
+            await context.abort_with_status(rpc_status.to_status(rich_status(error)))
         except asyncio.CancelledError:
             remaining = context.time_remaining()
             code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -102,19 +100,24 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
     def _frame_result(
         self, frame: pose_pb2.Frame, received: float, outcome: PoseResult | ServiceError, smoother: StreamSmoother
     ) -> pose_pb2.FrameResult:
-        """The frame's result in stream order: options applied, smoothing (if on) run, the error if any."""
+        """The frame's result in stream order: options applied, smoothing (if on) run, the error if any (field
+        paths of the request's errors under ``request``, the frame's own at the top)."""
         try:
             if frame.HasField("options"):
                 smoother.configure(frame.options.smoothing)
             if isinstance(outcome, ServiceError):
-                raise outcome
+                return self._frame_error(frame, received, outcome, parent="request")
             timestamp = frame.timestamp_s if frame.HasField("timestamp_s") else received
             track_ids = smoother.apply(outcome.persons, timestamp)
         except ServiceError as error:
-            self._record("StreamEstimate", error.grpc_code, received)
-            return pose_pb2.FrameResult(frame_id=frame.frame_id, error=error_status(error))
+            return self._frame_error(frame, received, error)
         self._record("StreamEstimate", "OK", received)
         return pose_pb2.FrameResult(frame_id=frame.frame_id, response=self._response(outcome, track_ids))
+
+    def _frame_error(self, frame: pose_pb2.Frame, received: float, error: ServiceError,
+                     parent: str = "") -> pose_pb2.FrameResult:
+        self._record("StreamEstimate", error.grpc_code, received)
+        return pose_pb2.FrameResult(frame_id=frame.frame_id, error=rich_status(error, parent))
 
     def _response(self, result: PoseResult, track_ids: list[int] | None = None) -> pose_pb2.EstimateResponse:
         return estimate_response(result, self.model, self.core.info.keypoint_names, track_ids or ())

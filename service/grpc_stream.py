@@ -9,7 +9,7 @@ from typing import TypeVar
 import numpy as np
 
 from effpose.processing.smoothing import OneEuroParams, PoseTracker
-from effpose.runtime import PersonPose
+from effpose.pipeline import PersonPose
 from effpose.v1 import pose_pb2
 from service.errors import BadRequest
 
@@ -71,7 +71,7 @@ class StreamSmoother:
         try:
             self.tracker = PoseTracker(OneEuroParams(**given))
         except ValueError as error:
-            raise BadRequest(f"smoothing options: {error}") from error
+            raise BadRequest(f"smoothing options: {error}", field="options.smoothing") from error
 
     def apply(self, persons: Sequence[PersonPose], timestamp: float) -> list[int]:
         """Smooth the persons' keypoints in place; returns their track ids (empty when smoothing is off)."""
@@ -82,7 +82,7 @@ class StreamSmoother:
         try:
             smoothed, ids = self.tracker.update(timestamp, boxes, keypoints)
         except ValueError as error:
-            raise BadRequest(f"timestamp_s: {error}") from error
+            raise BadRequest(f"timestamp_s: {error}", field="timestamp_s") from error
         for person, points in zip(persons, smoothed):
             person.keypoints = points.astype(person.keypoints.dtype)
         return ids

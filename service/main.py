@@ -29,7 +29,8 @@ GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: :class:`Service` owns shutdown."""
+    """uvicorn without its own signal handlers: :class:`Service` owns shutdown (the app's lifespan only hands the
+    core to the requests)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -54,7 +55,7 @@ class Service:
         self.http_port: int = self.http_socket.getsockname()[1]
         self.grpc_server, self.grpc_health = build_grpc_server(self.core, settings, self.metrics)
         self.grpc_port: int = self.grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        config = uvicorn.Config(create_app(self.core), lifespan="off", log_level=settings.log_level,
+        config = uvicorn.Config(create_app(self.core), lifespan="on", log_level=settings.log_level,
                                 timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False,
                                 limit_concurrency=settings.max_http_connections)
         self.http_server = _HttpServer(config)

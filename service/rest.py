@@ -1,17 +1,28 @@
-"""REST frontend (FastAPI): thin handlers over the shared :class:`~service.core.InferenceCore`."""
+"""REST frontend (FastAPI): thin handlers over the shared :class:`~service.core.InferenceCore`.
+
+Two routers: ``/v1/pose`` and ``/v1/models`` (pose), ``/healthz``, ``/readyz`` and ``/metrics`` (operations). Handlers
+get the core and the request's admission ticket as dependencies and return the pydantic models of
+:mod:`service.schemas` (``response_model`` validates and documents the body); only rendered images and Prometheus
+text are returned as plain responses. The app's lifespan hands the core to every request; the core's own lifecycle
+(warm-up, drain, stop) spans both frontends and belongs to :class:`service.main.Service`. ASGI middlewares answer
+what must be decided before routing (body limit, draining, admission, metrics, the last-resort 500), and every
+non-2xx answer, whoever gives it, is the one envelope ``{"error": {"reason", "message"}}``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -28,7 +39,6 @@ from service.errors import (
     BadRequest,
     InvalidParameters,
     NotAnImage,
-    Overloaded,
     ServiceError,
     TooLarge,
     Unavailable,
@@ -37,8 +47,13 @@ from service.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
 from service.schemas import (
     MAX_TIMEOUT_MS,
     CocoResult,
+    ErrorBody,
     ErrorResponse,
+    ImageSize,
+    ModelRef,
     ModelsResponse,
+    Person,
+    PoseModelInfo,
     PoseParams,
     PoseResponse,
     StatusResponse,
@@ -225,19 +240,19 @@ class MetricsMiddleware:
 
 
 def envelope(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error body of every non-2xx answer: ``{"error": {"reason", "message"}}``."""
-    return JSONResponse({"error": {"reason": reason, "message": message}}, status, headers)
+    """The one error body of every non-2xx answer: ``{"error": {"reason", "message"}}`` (:class:`ErrorResponse`)."""
+    body = ErrorResponse(error=ErrorBody(reason=reason, message=message))
+    return JSONResponse(body.model_dump(), status, headers)
 
 
 def error_response(error: ServiceError) -> JSONResponse:
-    """The error envelope of a :class:`ServiceError`, with Retry-After where retrying later helps."""
+    """The error envelope of a :class:`ServiceError`, with Retry-After where retrying later helps (and
+    ``Connection: close`` while draining: retry on another instance)."""
     headers = {}
-    if isinstance(error, Overloaded):
+    if error.retry_after is not None:
         headers["Retry-After"] = retry_after_header(error.retry_after)
-    elif isinstance(error, Unavailable):
-        headers["Retry-After"] = "1"
-        if error.reason == "draining":
-            headers["Connection"] = "close"
+    if error.reason == "draining":
+        headers["Connection"] = "close"
     return envelope(error.http_status, error.reason, error.message, headers)
 
 
@@ -281,27 +296,6 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
-async def pose_response(result: PoseResult, core: InferenceCore, params: PoseParams) -> Response:
-    """Answer in the requested form: the JSON document, COCO results, or the rendered image."""
-    names = core.info.keypoint_names
-    if params.render != "none":
-        return Response(await core.render(result, params.keypoint_threshold, params.render),
-                        media_type=RENDER_MEDIA_TYPES[params.render], headers={"X-Request-Id": result.request_id})
-    if params.format == "coco":
-        return JSONResponse([p.to_coco(params.image_id) for p in result.persons],
-                            headers={"X-Request-Id": result.request_id})
-    body = {
-        "request_id": result.request_id,
-        "model": {"name": core.info.name, "version": core.info.version, "detector": core.detector.name},
-        "image": {"width": result.width, "height": result.height},
-        "keypoint_names": list(names),
-        "skeleton": [list(pair) for pair in core.info.skeleton],
-        "persons": [p.to_dict(names, params.keypoint_threshold) for p in result.persons],
-        "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
-    }
-    return JSONResponse(body, headers={"X-Request-Id": result.request_id})
-
-
 async def estimate_until_done_or_gone(core: InferenceCore, request: Request, pose: PoseRequest,
                                       ticket: Ticket) -> PoseResult | None:
     """The core's result, or None when the client went away first (its work is then cancelled)."""
@@ -316,6 +310,93 @@ async def estimate_until_done_or_gone(core: InferenceCore, request: Request, pos
     if not work.done() or work.cancelled():  # a cancelled task stays pending until it has unwound
         return None
     return work.result()
+
+
+def pose_document(result: PoseResult, core: InferenceCore, keypoint_threshold: float) -> PoseResponse:
+    """The JSON answer (``format=json``) of a core result."""
+    info = core.info
+    return PoseResponse(
+        request_id=result.request_id,
+        model=ModelRef(name=info.name, version=info.version, detector=core.detector.name),
+        image=ImageSize(width=result.width, height=result.height),
+        keypoint_names=list(info.keypoint_names),
+        skeleton=[list(pair) for pair in info.skeleton],
+        persons=[Person.model_validate(p.to_dict(info.keypoint_names, keypoint_threshold)) for p in result.persons],
+        timings_ms={stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
+    )
+
+
+def inference_core(request: Request) -> InferenceCore:
+    """Dependency: the inference core, handed to every request by the app's :func:`serving` lifespan."""
+    return request.state.core
+
+
+def admission_ticket(request: Request) -> Ticket:
+    """Dependency: the request's admission ticket, given by :class:`AdmissionMiddleware` before the body was read."""
+    return getattr(request.state, TICKET)
+
+
+Core = Annotated[InferenceCore, Depends(inference_core)]
+AdmittedTicket = Annotated[Ticket, Depends(admission_ticket)]
+pose_router = APIRouter(tags=["pose"])
+operations_router = APIRouter(tags=["operations"])
+
+
+@pose_router.post(POSE_PATH, response_model=PoseResponse | list[CocoResult], openapi_extra=IMAGE_BODY_DOC,
+                  responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}},
+                                                      "description": "JSON (format=json), a COCO results list "
+                                                                     "(format=coco) or the drawn image (render)"}})
+async def estimate_pose(request: Request, response: Response, params: Annotated[PoseParams, Query()], core: Core,
+                        ticket: AdmittedTicket) -> PoseResponse | list[CocoResult] | Response:
+    """Every person's box and 17 keypoints in original-image pixels (after EXIF orientation)."""
+    image, form_boxes = await read_image_body(request)
+    pose = PoseRequest(
+        image=image, boxes=params.boxes if form_boxes is None else parse_boxes_field(form_boxes),
+        det_threshold=params.det_threshold, max_persons=params.max_persons, flip=params.flip,
+        request_id=request.headers.get("x-request-id"))  # the ticket carries the deadline
+    result = await estimate_until_done_or_gone(core, request, pose, ticket)
+    if result is None:
+        return Response(status_code=499)  # never delivered: the client is gone
+    headers = {"X-Request-Id": result.request_id}
+    if params.render != "none":
+        return Response(await core.render(result, params.keypoint_threshold, params.render),
+                        media_type=RENDER_MEDIA_TYPES[params.render], headers=headers)
+    response.headers.update(headers)
+    if params.format == "coco":
+        return [CocoResult.model_validate(p.to_coco(params.image_id)) for p in result.persons]
+    return pose_document(result, core, params.keypoint_threshold)
+
+
+@pose_router.get("/v1/models", response_model=ModelsResponse)
+async def models(core: Core) -> ModelsResponse:
+    """The served models: pose model metadata (keypoint names, skeleton, input size, versions) and detector."""
+    info = core.info
+    width, height = info.input_size
+    return ModelsResponse(effpose_version=__version__, detector=core.detector.name, pose=PoseModelInfo(
+        name=info.name, version=info.version, weights=info.weights, input_size=ImageSize(width=width, height=height),
+        keypoint_names=list(info.keypoint_names), skeleton=[list(pair) for pair in info.skeleton]))
+
+
+@operations_router.get("/healthz", response_model=StatusResponse)
+async def healthz() -> StatusResponse:
+    """Liveness: the process answers (at once: nothing here waits for the models or the CPU pool)."""
+    return StatusResponse(status="ok")
+
+
+@operations_router.get("/readyz", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
+async def readyz(core: Core) -> StatusResponse:
+    """Readiness: models loaded and warm, not draining."""
+    if not core.serving:
+        raise Unavailable("draining" if core.draining else "models loading",
+                          reason="draining" if core.draining else "loading")
+    return StatusResponse(status="ready")
+
+
+@operations_router.get("/metrics", response_class=PlainTextResponse,
+                       responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+async def metrics(core: Core) -> Response:
+    """Prometheus metrics."""
+    return Response(core.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
 
 def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
@@ -337,83 +418,63 @@ def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+async def on_service_error(_: Request, error: ServiceError) -> JSONResponse:
+    """A :class:`ServiceError` raised while answering: its envelope."""
+    return error_response(error)
+
+
+async def on_invalid_parameters(_: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's request validation: 422 ``invalid_parameters`` in the envelope."""
+    return error_response(InvalidParameters(validation_message(error)))
+
+
+async def on_http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (404, 405, ...) in the envelope, their headers (e.g. ``Allow``) kept."""
+    return envelope(error.status_code, http_reason(error.status_code), str(error.detail), error.headers)
+
+
+async def on_client_gone(_: Request, __: ClientDisconnect) -> Response:
+    """The client went away mid-upload: a 499 that is never delivered."""
+    return Response(status_code=499)
+
+
+EXCEPTION_HANDLERS = {ServiceError: on_service_error, RequestValidationError: on_invalid_parameters,
+                      StarletteHTTPException: on_http_error, ClientDisconnect: on_client_gone}
+
+
+class AppState(TypedDict):
+    """The lifespan state every request sees as ``request.state``."""
+
+    core: InferenceCore
+
+
+@asynccontextmanager
+async def serving(core: InferenceCore, _: FastAPI) -> AsyncIterator[AppState]:
+    """The app's lifespan: while the HTTP server runs, every request gets ``core`` (see :func:`inference_core`)."""
+    yield {"core": core}
+
+
 def create_app(core: InferenceCore) -> FastAPI:
     """The REST application over a core whose lifecycle the caller owns (see :mod:`service.main`).
 
-    Building it reads only ``core.settings`` and ``core.metrics``; everything else is used per request.
+    Building it reads only ``core.settings`` and ``core.metrics``; everything else is used per request. Run it with
+    the lifespan on (it hands the core to the requests).
     """
     app = FastAPI(title="effpose", version=__version__,
                   description="Human pose estimation: every person's box and 17 COCO keypoints. Every error answers "
-                              '`{"error": {"reason", "message"}}`.')
-    app.state.core = core
-
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidParameters(validation_message(error)))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return envelope(error.status_code, http_reason(error.status_code), str(error.detail), error.headers)
-
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(_: Request, __: ClientDisconnect) -> Response:
-        return Response(status_code=499)  # never delivered: the client went away mid-upload
-
-    @app.post(POSE_PATH, response_model=PoseResponse | list[CocoResult], openapi_extra=IMAGE_BODY_DOC,
-              responses={**ERROR_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}},
-                                                  "description": "JSON (format=json), a COCO results list "
-                                                                 "(format=coco) or the drawn image (render)"}})
-    async def estimate_pose(request: Request, params: Annotated[PoseParams, Query()]) -> Response:
-        """Every person's box and 17 keypoints in original-image pixels (after EXIF orientation)."""
-        ticket: Ticket = getattr(request.state, TICKET)  # admitted by AdmissionMiddleware, before the body was read
-        image, form_boxes = await read_image_body(request)
-        pose = PoseRequest(
-            image=image, boxes=params.boxes if form_boxes is None else parse_boxes_field(form_boxes),
-            det_threshold=params.det_threshold, max_persons=params.max_persons, flip=params.flip,
-            request_id=request.headers.get("x-request-id"))  # the ticket carries the deadline
-        result = await estimate_until_done_or_gone(core, request, pose, ticket)
-        if result is None:
-            return Response(status_code=499)  # never delivered: the client is gone
-        return await pose_response(result, core, params)
-
-    @app.get("/v1/models", response_model=ModelsResponse)
-    async def models() -> dict[str, Any]:
-        """The served models: pose model metadata (keypoint names, skeleton, input size, versions) and detector."""
-        info = core.info
-        return {"effpose_version": __version__, "detector": core.detector.name, "pose": {
-            "name": info.name, "version": info.version, "weights": info.weights,
-            "input_size": {"width": info.input_size[0], "height": info.input_size[1]},
-            "keypoint_names": list(info.keypoint_names), "skeleton": [list(p) for p in info.skeleton]}}
-
-    @app.get("/healthz", response_model=StatusResponse)
-    async def healthz() -> dict[str, str]:
-        """Liveness: the process answers (at once: nothing here waits for the models or the CPU pool)."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", response_model=StatusResponse, responses={503: {"model": ErrorResponse}})
-    async def readyz() -> Response:
-        """Readiness: models loaded and warm, not draining."""
-        if core.serving:
-            return JSONResponse({"status": "ready"})
-        return error_response(Unavailable("draining" if core.draining else "models loading",
-                                          reason="draining" if core.draining else "loading"))
-
-    @app.get("/metrics", response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
-    async def metrics() -> Response:
-        """Prometheus metrics."""
-        return Response(core.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
-
+                              '`{"error": {"reason", "message"}}`.',
+                  lifespan=functools.partial(serving, core), exception_handlers=EXCEPTION_HANDLERS)
+    routers = (pose_router, operations_router)
+    for router in routers:
+        app.include_router(router)
     app.openapi = lambda: app.openapi_schema or _cached_openapi(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=core.settings.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, core=core)
     app.add_middleware(DrainMiddleware, core=core)
     app.add_middleware(InternalErrorMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=core.metrics, routes=app.routes)
+    # The routers' own routes first: recent FastAPI keeps an included router in app.routes as one opaque entry.
+    routes = [route for router in routers for route in router.routes] + app.routes
+    app.add_middleware(MetricsMiddleware, metrics=core.metrics, routes=routes)
     return app
 
 

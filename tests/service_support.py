@@ -9,12 +9,18 @@ import threading
 import time
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import numpy as np
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from PIL import Image
 
 from service.main import Service
 from service.settings import Settings
+
+ERROR_DETAIL_KINDS = (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.BadRequest)
 
 
 class RunningService:
@@ -92,3 +98,39 @@ def encode(image: np.ndarray | Image.Image, fmt: str = "JPEG", **save_options: o
     buffer = io.BytesIO()
     picture.save(buffer, format=fmt, **save_options)
     return buffer.getvalue()
+
+
+def call_status(error: grpc.RpcError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a failed call carries in ``grpc-status-details-bin`` (its code and message are
+    checked against the call's by ``rpc_status``); fails the test when the server sent none."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status: {error.code()} {error.details()}"
+    return status
+
+
+def error_details(status: status_pb2.Status) -> dict[str, Message]:
+    """The details of a ``google.rpc.Status`` by kind (``ErrorInfo``, ``RetryInfo``, ``BadRequest``), each at most
+    once; any other kind fails the test."""
+    found: dict[str, Message] = {}
+    for detail in status.details:
+        kind = next(kind for kind in ERROR_DETAIL_KINDS if detail.Is(kind.DESCRIPTOR))
+        assert kind.DESCRIPTOR.name not in found, f"{kind.DESCRIPTOR.name} twice"
+        message = kind()
+        detail.Unpack(message)
+        found[kind.DESCRIPTOR.name] = message
+    return found
+
+
+def assert_rich_status(status: status_pb2.Status, code: grpc.StatusCode, reason: str,
+                       field: str | None = None) -> dict[str, Message]:
+    """Check a service error's ``google.rpc.Status``: its code, an ``ErrorInfo`` with ``reason`` (domain effpose),
+    a ``RetryInfo`` exactly when retrying later may help (RESOURCE_EXHAUSTED, UNAVAILABLE) and a ``BadRequest``
+    naming ``field`` exactly when one is given. Returns the details by kind."""
+    details = error_details(status)
+    assert status.code == code.value[0] and status.message, status
+    assert (details["ErrorInfo"].reason, details["ErrorInfo"].domain) == (reason, "effpose"), details
+    assert ("RetryInfo" in details) == (code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE))
+    bad_request = details.get("BadRequest", error_details_pb2.BadRequest())
+    violations = [(v.field, v.description) for v in bad_request.field_violations]
+    assert violations == ([(field, status.message)] if field else []), violations
+    return details

@@ -160,13 +160,14 @@ def named_port(container: dict, port: str | int) -> int:
 
 @functools.cache
 def rest_routes() -> frozenset[str]:
-    """Paths of the service's REST app (built over a stand-in core: routes do not depend on it)."""
+    """Paths of the service's REST app, from its OpenAPI document (built over a stand-in core: routes do not depend
+    on it; app.routes would not do: recent FastAPI keeps an included router there as one entry without a path)."""
     from service.metrics import ServiceMetrics
     from service.rest import create_app
     from service.settings import Settings
 
     app = create_app(SimpleNamespace(settings=Settings(), metrics=ServiceMetrics()))
-    return frozenset(route.path for route in app.routes)
+    return frozenset(app.openapi()["paths"])
 
 
 def prestop_seconds(container: dict) -> float:

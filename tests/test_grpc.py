@@ -1,9 +1,13 @@
 """The gRPC frontend end to end: a real grpc.aio server over a real inference core (random-weight ONNX model) on
-loopback, called through the generated stubs; plus the ordered, windowed stream machinery on its own."""
+loopback, called through the generated stubs and the example client; errors in the standard rich error model
+(google.rpc.Status with ErrorInfo, RetryInfo and BadRequest details); plus the ordered, windowed stream machinery on
+its own."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -21,16 +25,19 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from effpose.keypoints import KEYPOINT_NAMES, SKELETON
 from effpose.processing.smoothing import OneEuroParams, PoseTracker
+from effpose.pipeline import TopDownPipeline
 from effpose.runtime import PoseEstimator
 from effpose.v1 import pose_pb2, pose_pb2_grpc
 from service.core import InferenceCore, PoseRequest, PoseResult
 from service.grpc_server import SERVICE_NAME, build_grpc_server, route
 from service.grpc_stream import ordered_window
-from service.imaging import decode_image, encode_image
+from service.imaging import UNSUPPORTED, decode_image, encode_image
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from tests.service_support import assert_rich_status, call_status
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
 WINDOW = 2
 HEAVY_BOXES = 100  # x2 with flip: 200 crops, seconds of model work on one thread
 
@@ -148,7 +155,7 @@ def test_estimate_real_image(server: GrpcServer, stub: pose_pb2_grpc.PoseService
     assert (response.width, response.height) == (image.shape[1], image.shape[0])
     estimator = PoseEstimator(server.settings.pose_model, decode=server.settings.decode)
     sent_box = np.float32(box).astype(np.float64)  # what the message carried: Box holds 32-bit floats
-    [expected] = estimator.estimate(image, [sent_box], flip=False)
+    [expected] = TopDownPipeline(estimator).estimate(image, [sent_box], flip=False)
     np.testing.assert_allclose(keypoints, expected.keypoints, atol=1e-2)
     assert server.count("OK") == ok_before + 2
 
@@ -176,15 +183,16 @@ def test_image_larger_than_grpc_default_limit(stub: pose_pb2_grpc.PoseServiceStu
     assert (response.width, response.height, len(response.persons)) == (1400, 1100, 1)
 
 
-@pytest.mark.parametrize(("image", "options", "message"), [
-    (b"GIF89a but not really", {}, "not a supported image"),
-    (b"", {}, "image is empty"),
-    (None, {"boxes": [pose_pb2.Box(x1=100, y1=10, x2=50, y2=90)]}, "x1 < x2"),
-    (None, {"det_threshold": 5.0}, "det_threshold must be in [0, 1]"),
-    (None, {"max_persons": 0}, "max_persons must be in"),
+@pytest.mark.parametrize(("image", "options", "message", "reason", "field"), [
+    (b"GIF89a but not really", {}, "not a supported image", "NOT_AN_IMAGE", "image"),
+    (b"", {}, "image is empty", "NOT_AN_IMAGE", "image"),
+    (None, {"boxes": [pose_pb2.Box(x1=100, y1=10, x2=50, y2=90)]}, "x1 < x2", "BAD_REQUEST", "boxes[0]"),
+    (None, {"det_threshold": 5.0}, "det_threshold must be in [0, 1]", "BAD_REQUEST", "det_threshold"),
+    (None, {"max_persons": 0}, "max_persons must be in", "BAD_REQUEST", "max_persons"),
 ])
-def test_bad_input_is_invalid_argument_and_the_server_goes_on(
-    server: GrpcServer, stub: pose_pb2_grpc.PoseServiceStub, image: bytes | None, options: dict, message: str
+def test_bad_input_is_invalid_argument_with_details_and_the_server_goes_on(
+    server: GrpcServer, stub: pose_pb2_grpc.PoseServiceStub, image: bytes | None, options: dict, message: str,
+    reason: str, field: str | None
 ):
     before = server.count("INVALID_ARGUMENT")
     request = pose_pb2.EstimateRequest(image=noise_image(160, 120) if image is None else image, **options)
@@ -192,6 +200,7 @@ def test_bad_input_is_invalid_argument_and_the_server_goes_on(
         stub.Estimate(request)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in failure.value.details()
+    assert_rich_status(call_status(failure.value), grpc.StatusCode.INVALID_ARGUMENT, reason, field)
     wait_until(lambda: server.count("INVALID_ARGUMENT") == before + 1)  # recorded as the handler unwinds
     assert len(stub.Estimate(pose_pb2.EstimateRequest(image=noise_image(160, 120))).persons) == 1
 
@@ -236,8 +245,24 @@ def test_health_serving_then_not_serving_and_new_calls_unavailable_after_drainin
             with pytest.raises(grpc.RpcError) as refused:
                 pose.Estimate(pose_pb2.EstimateRequest(image=noise_image(64, 64)))
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in refused.value.details()
+            details = assert_rich_status(call_status(refused.value), grpc.StatusCode.UNAVAILABLE, "DRAINING")
+            assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() == 1.0
     finally:
         own.close()
+
+
+def test_overload_is_resource_exhausted_with_the_retry_delay(
+    server: GrpcServer, stub: pose_pb2_grpc.PoseServiceStub, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(server.core.admission, "max_in_flight", 0)  # every new request is over the limit
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.Estimate(pose_pb2.EstimateRequest(image=noise_image(64, 64)))
+    unary = assert_rich_status(call_status(refused.value), grpc.StatusCode.RESOURCE_EXHAUSTED, "IN_FLIGHT_LIMIT")
+    [result] = stub.StreamEstimate(iter([frame(4, noise_image(64, 64))]), timeout=60)
+    streamed = assert_rich_status(result.error, grpc.StatusCode.RESOURCE_EXHAUSTED, "IN_FLIGHT_LIMIT")
+    for details in (unary, streamed):  # the time the work in flight needs: the service's cost per request
+        delay = details["RetryInfo"].retry_delay.ToTimedelta().total_seconds()
+        assert delay == pytest.approx(server.core.admission.cost_s, abs=1e-6)
 
 
 # --- streams ------------------------------------------------------------------------------------------------------
@@ -257,7 +282,8 @@ def test_stream_in_order_with_per_frame_errors(stub: pose_pb2_grpc.PoseServiceSt
     assert [r.frame_id for r in results] == [7, 3, 11, 5, 9, 2]
     assert [r.WhichOneof("outcome") for r in results] == ["response", "response", "error", "error", "response",
                                                           "response"]
-    assert results[2].error.code == results[3].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert_rich_status(results[2].error, grpc.StatusCode.INVALID_ARGUMENT, "NOT_AN_IMAGE", "request.image")
+    assert_rich_status(results[3].error, grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST", "request.boxes[0]")
     assert "not a supported image" in results[2].error.message and "x1 < x2" in results[3].error.message
     assert results[4].response.width == 200 and len(results[5].response.persons[0].keypoints) == 17
     np.testing.assert_allclose(points(results[0].response.persons[0]), points(results[5].response.persons[0]), atol=1e-3)
@@ -298,6 +324,8 @@ def test_stream_bad_timestamps_and_options_fail_only_their_frame(stub: pose_pb2_
     results = list(stub.StreamEstimate(iter(frames), timeout=60))
     assert [r.WhichOneof("outcome") for r in results] == ["response", "error", "error", "response"]
     assert "must increase" in results[1].error.message and "min_cutoff" in results[2].error.message
+    assert_rich_status(results[1].error, grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST", "timestamp_s")
+    assert_rich_status(results[2].error, grpc.StatusCode.INVALID_ARGUMENT, "BAD_REQUEST", "options.smoothing")
     assert results[3].response.persons[0].track_id == 1  # the stream kept its smoothing state
 
 
@@ -406,3 +434,44 @@ def test_ordered_window_cancels_work_when_left_and_reports_source_errors():
         assert received == [0, 1, 2]
 
     asyncio.run(scenario())
+
+
+# --- the example client -------------------------------------------------------------------------------------------
+
+
+def run_example(server: GrpcServer, *args: str | Path) -> subprocess.CompletedProcess:
+    """``examples/grpc_client.py`` against the test server, as a user runs it."""
+    return subprocess.run([sys.executable, str(REPO / "examples" / "grpc_client.py"),
+                           "--target", f"127.0.0.1:{server.port}", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
+
+
+def test_example_client_prints_poses_and_rich_errors(server: GrpcServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    photo, junk = tmp_path / "photo.jpg", tmp_path / "junk.jpg"
+    photo.write_bytes(noise_image(160, 120))
+    junk.write_bytes(b"not an image at all")
+
+    unary = run_example(server, photo, "--box", "10,10,150,110")
+    assert unary.returncode == 0, unary.stderr
+    lines = unary.stdout.splitlines()
+    assert lines[0].startswith("person (client) score") and len(lines) == 1 + len(KEYPOINT_NAMES)
+
+    refused = run_example(server, junk)
+    assert refused.returncode == 1 and not refused.stdout
+    assert refused.stderr.splitlines() == [f"INVALID_ARGUMENT: {UNSUPPORTED}", "  reason NOT_AN_IMAGE (effpose)",
+                                           f"  field image: {UNSUPPORTED}"]
+
+    streamed = run_example(server, "--stream", photo, junk, photo)
+    assert streamed.returncode == 0, streamed.stderr
+    frames = streamed.stdout.splitlines()
+    assert frames[0].startswith("frame 0: 1 person(s)") and frames[-1].startswith("frame 2: 1 person(s)")
+    assert frames[1:4] == [f"frame 1: INVALID_ARGUMENT: {UNSUPPORTED}", "  reason NOT_AN_IMAGE (effpose)",
+                           f"  field request.image: {UNSUPPORTED}"]
+
+    monkeypatch.setattr(server.core.admission, "max_in_flight", 0)
+    overloaded = run_example(server, photo)
+    assert overloaded.returncode == 1
+    message, reason, retry = overloaded.stderr.splitlines()
+    assert message.startswith("RESOURCE_EXHAUSTED: ") and reason == "  reason IN_FLIGHT_LIMIT (effpose)"
+    assert retry.startswith("  retry after ") and float(retry.split()[2]) > 0

@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 
 from effpose.v1 import pose_pb2, pose_pb2_grpc
-from tests.service_support import encode
+from tests.service_support import assert_rich_status, call_status, encode
+
+pytestmark = pytest.mark.slow  # real `effpose serve` processes stopped under load
 
 JPEG = encode(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
 BOX = [40.0, 20.0, 200.0, 230.0]
@@ -128,6 +130,8 @@ def test_sigterm_refuses_new_work_finishes_admitted_work_and_exits_in_time(rando
         with grpc.insecure_channel(server.grpc) as channel, pytest.raises(grpc.RpcError) as call:
             pose_pb2_grpc.PoseServiceStub(channel).Estimate(pose_pb2.EstimateRequest(image=JPEG), timeout=10)
         assert call.value.code() == grpc.StatusCode.UNAVAILABLE
+        retry = assert_rich_status(call_status(call.value), grpc.StatusCode.UNAVAILABLE, "DRAINING")["RetryInfo"]
+        assert retry.retry_delay.ToTimedelta().total_seconds() == float(refused_new.headers["retry-after"])
 
         for thread in threads:
             thread.join(60)

@@ -1,5 +1,6 @@
 """Every error path of the REST frontend against the real service on loopback: one error envelope, no 5xx from
-client input, kept-alive connections that survive errors, boxes bounded to the image, exotic and large images."""
+client input, kept-alive connections that survive errors, boxes bounded to the image, exotic and large images; and
+the same mistakes over gRPC, answered with the same reason in the standard rich error model."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from effpose.pipeline import TopDownPipeline
 from effpose.runtime import PoseEstimator
+from effpose.v1 import pose_pb2, pose_pb2_grpc
 from service.imaging import decode_image, probe_image
-from tests.service_support import RunningService, encode, running_service
+from tests.service_support import RunningService, assert_rich_status, call_status, encode, running_service
 
 WIDTH, HEIGHT = 320, 240
 
@@ -166,7 +170,7 @@ def test_a_large_jpeg_is_decoded_reduced_and_answered_in_original_pixels(client:
     reduced = decode_image(big, 10**8, service.settings.jpeg_draft_pixels).pixels
     assert reduced.shape[:2] == (300, 400)
     estimator = PoseEstimator(service.settings.pose_model, decode=service.settings.decode)
-    [expected] = estimator.estimate(reduced, [[0, 0, 400, 300]], flip=False)
+    [expected] = TopDownPipeline(estimator).estimate(reduced, [[0, 0, 400, 300]], flip=False)
     expected_xy = (expected.keypoints[:, :2] + 0.5) * 4 - 0.5  # pixel centres of the reduced image, scaled up
     got = np.array([[k["x"], k["y"]] for k in person["keypoints"]])
     np.testing.assert_allclose(got, expected_xy, atol=0.05)
@@ -184,3 +188,23 @@ def test_metrics_label_413_with_its_route_and_keep_errors_out_of_the_latency_of_
     assert 'effpose_error_duration_seconds_count{code="415",route="/v1/pose"}' in text
     assert 'effpose_request_duration_seconds_bucket{le="600.0",route="/v1/pose"}' in text
     assert "effpose_decoded_pixels 0.0" in text and "effpose_request_cost_seconds" in text
+
+
+# --- the same mistakes over gRPC --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("image", "boxes", "status", "field"), [
+    (b"not an image", [], 415, "image"),
+    (JPEG, [[10, 10, 5, 20]], 400, "boxes[0]"),
+    (JPEG, [[400, 300, 500, 400]], 400, "boxes[0]"),
+    (encode(np.zeros((1600, 2000, 3), np.uint8), "PNG"), [], 413, "image"),  # 3.2 Mpx: over the pixel limit
+])
+def test_grpc_answers_the_rest_errors_with_the_same_reason_and_details(
+    client: httpx.Client, service: RunningService, image: bytes, boxes: list[list[float]], status: int,
+    field: str | None
+) -> None:
+    rest = assert_envelope(post(client, image, boxes=json.dumps(boxes)) if boxes else post(client, image), status)
+    request = pose_pb2.EstimateRequest(image=image, boxes=[pose_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2)
+                                                          for x1, y1, x2, y2 in boxes])
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as failure:
+        pose_pb2_grpc.PoseServiceStub(channel).Estimate(request, timeout=30)
+    assert_rich_status(call_status(failure.value), grpc.StatusCode.INVALID_ARGUMENT, rest["reason"].upper(), field)

@@ -2,10 +2,12 @@
 
 REST: schemathesis generates requests from the service's own OpenAPI document (valid and invalid ones) and checks
 every answer against it (all checks but positive-data acceptance): no server error, documented status codes and
-content types, bodies (errors included: the one envelope) matching their schemas. gRPC: hypothesis builds ``EstimateRequest`` messages (real images, junk
-bytes, boxes with any float, NaN and infinities included, any thresholds) and sends them through the generated
-stubs; every answer must be OK or a client-side status, never INTERNAL or UNKNOWN. Both are bounded in examples
-(``FUZZ_EXAMPLES``, default 25 per operation) so that CI stays fast; set it higher for a longer hunt.
+content types, bodies (errors included: the one envelope) matching their schemas. gRPC: hypothesis builds
+``EstimateRequest`` messages (real images, junk bytes, boxes with any float, NaN and infinities included, any
+thresholds) and sends them through the generated stubs; every answer must be OK or a client-side status, never
+INTERNAL or UNKNOWN, and every error the service answers (a streamed frame's included) carries its rich details (an
+ErrorInfo with its reason). Both are bounded in examples (``FUZZ_EXAMPLES``, default 25 per operation) so that CI
+stays fast; set it higher for a longer hunt.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import schemathesis
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from effpose.v1 import pose_pb2, pose_pb2_grpc
-from tests.service_support import RunningService, encode, running_service
+from tests.service_support import RunningService, error_details, encode, running_service
+
+pytestmark = pytest.mark.slow  # property-based fuzzing of real servers
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 CLIENT_SIDE_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
                      grpc.StatusCode.DEADLINE_EXCEEDED}
+GRPC_OWN_ERRORS = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}  # message size, deadline
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                          suppress_health_check=list(HealthCheck))
 
@@ -105,6 +112,10 @@ def test_grpc_estimate_never_fails_on_the_server_side(pose_stub: pose_pb2_grpc.P
     except grpc.RpcError as error:
         assert error.code() in CLIENT_SIDE_CODES, (error.code(), error.details())
         assert error.details()
+        status = rpc_status.from_call(error)  # None only for errors raised by gRPC itself
+        assert status is not None or error.code() in GRPC_OWN_ERRORS, (error.code(), error.details())
+        if status is not None:
+            assert_reason(status)
         return
     for person in response.persons:  # boxes are clipped to the image and every number is finite
         assert 0 <= person.box.x1 < person.box.x2 <= response.width
@@ -128,4 +139,14 @@ def test_grpc_stream_answers_every_frame_without_server_errors(pose_stub: pose_p
     assert [r.frame_id for r in results] == [f.frame_id for f in frames]
     for result in results:
         if result.HasField("error"):
-            assert grpc.StatusCode.INTERNAL.value[0] != result.error.code != grpc.StatusCode.UNKNOWN.value[0]
+            assert_reason(result.error)
+
+
+def assert_reason(status: status_pb2.Status) -> None:
+    """A service error's status: a client-side code (never INTERNAL or UNKNOWN), its ErrorInfo reason, any field at
+    fault named."""
+    details = error_details(status)
+    assert status.code in {code.value[0] for code in CLIENT_SIDE_CODES} and status.message, status
+    assert details["ErrorInfo"].reason and details["ErrorInfo"].domain == "effpose", status
+    if "BadRequest" in details:
+        assert all(v.field and v.description for v in details["BadRequest"].field_violations), status
