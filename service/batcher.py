@@ -9,6 +9,8 @@
 - A chunk whose deadline passed, or whose requester went away (cancelled), is dropped when the batch is
   formed, never computed; an exception in one batch fails only that batch's requests.
 - Model work runs in a single worker thread, off the event loop (ONNX Runtime uses its own thread pool).
+- Time comes from an injected ``clock`` (``time.monotonic`` by default) and every wait from an injected
+  ``call_later`` (the event loop's by default), so tests can drive the batching window and deadlines with a fake.
 """
 
 from __future__ import annotations
@@ -19,18 +21,35 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Protocol
 
 import numpy as np
 
 from service.errors import DeadlineExceeded, Overloaded, Unavailable
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+Clock = Callable[[], float]
+
+
+class Timer(Protocol):
+    """A scheduled callback that can be called off (:class:`asyncio.TimerHandle` is one)."""
+
+    def cancel(self) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], Timer]
+
+
+def _loop_call_later(delay: float, callback: Callable[[], None]) -> Timer:
+    """Run ``callback`` after ``delay`` seconds of the running event loop's clock (``time.monotonic``)."""
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 @dataclass
 class _Chunk:
     inputs: np.ndarray
-    deadline: float  # time.monotonic()
+    deadline: float  # on the batcher's clock
     enqueued: float
     future: asyncio.Future = field(repr=False)
     started: float = 0.0  # when its batch went to the model
@@ -56,6 +75,8 @@ class DynamicBatcher:
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         thread_initializer: Callable[[], None] | None = None,
+        clock: Clock = time.monotonic,
+        call_later: CallLater = _loop_call_later,
     ):
         if max_batch_size < 1 or max_queue_length < 1 or max_queue_delay_s < 0:
             raise ValueError("max_batch_size and max_queue_length must be >= 1 and max_queue_delay_s >= 0")
@@ -65,6 +86,8 @@ class DynamicBatcher:
         self.max_queue_length = max_queue_length
         self.enabled = enabled
         self.on_batch = on_batch
+        self.clock = clock  # seconds; deadlines passed to submit count on it
+        self.call_later = call_later  # must count seconds as clock does
         self._queue: collections.deque[_Chunk] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="effpose-model",
@@ -97,7 +120,7 @@ class DynamicBatcher:
         and the seconds the request waited in the queue.
 
         Raises :class:`Overloaded` at once when the queue cannot take the request, and
-        :class:`DeadlineExceeded` when the deadline (``time.monotonic()``) passes first.
+        :class:`DeadlineExceeded` when the deadline (on :attr:`clock`) passes first.
         Cancelling the caller drops its queued chunks.
         """
         if self._worker is None:
@@ -106,21 +129,21 @@ class DynamicBatcher:
         if self._queue and len(self._queue) + len(chunks) > self.max_queue_length:
             raise Overloaded(f"queue full ({len(self._queue)} of {self.max_queue_length} chunks queued)",
                              retry_after=self.retry_after())
-        loop, now = asyncio.get_running_loop(), time.monotonic()
+        loop, now = asyncio.get_running_loop(), self.clock()
         queued = [_Chunk(c, deadline, now, loop.create_future()) for c in chunks]
         self._queue.extend(queued)
         self._wakeup.set()
         futures = [chunk.future for chunk in queued]
+        expiry = self.call_later(max(deadline - now, 0.0),
+                                 partial(_fail, queued, DeadlineExceeded("deadline passed while queued or computing")))
         try:  # asyncio.wait, not wait_for(gather): no wrapper future whose error could go unretrieved
-            done, pending = await asyncio.wait(futures, timeout=max(deadline - now, 0.0),
-                                               return_when=asyncio.FIRST_EXCEPTION)
-            for future in done:
-                if not future.cancelled() and future.exception() is not None:
-                    raise future.exception()
-            if pending:
-                raise DeadlineExceeded("deadline passed while queued or computing")
+            await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
+            for error in [future.exception() for future in futures if future.done()]:  # none left unretrieved
+                if error is not None:
+                    raise error
             outputs = [future.result() for future in futures]
         finally:
+            expiry.cancel()
             for future in futures:
                 future.cancel()  # no-op for finished ones; drops still-queued chunks of a cancelled caller
         return np.concatenate(outputs, axis=0), max(chunk.started - chunk.enqueued for chunk in queued)
@@ -141,9 +164,9 @@ class DynamicBatcher:
             if not batch:  # every caller went away while the batch filled
                 continue
             inputs = np.concatenate([chunk.inputs for chunk in batch], axis=0)
-            started = time.perf_counter()
+            started = self.clock()
             for chunk in batch:
-                chunk.started = time.monotonic()
+                chunk.started = started
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run_batch, inputs)
             except asyncio.CancelledError:  # stopped mid-batch
@@ -153,7 +176,7 @@ class DynamicBatcher:
                 _fail(batch, error)
                 continue
             finally:
-                self._last_batch_seconds = time.perf_counter() - started
+                self._last_batch_seconds = self.clock() - started
             offset = 0
             for chunk in batch:
                 if not chunk.future.done():
@@ -175,7 +198,7 @@ class DynamicBatcher:
                 if chunk.future.done():
                     self._queue.popleft()
                     continue
-                if chunk.deadline <= time.monotonic():
+                if chunk.deadline <= self.clock():
                     self._queue.popleft()
                     chunk.future.set_exception(DeadlineExceeded("deadline passed while queued"))
                     continue
@@ -185,14 +208,18 @@ class DynamicBatcher:
                 size += len(chunk.inputs)
             if not batch or size >= self.max_batch_size or not self.enabled:
                 return batch
-            remaining = batch[0].enqueued + self.max_queue_delay_s - time.monotonic()
+            remaining = batch[0].enqueued + self.max_queue_delay_s - self.clock()
             if remaining <= 0:
                 return batch
-            self._wakeup.clear()
+            self._wakeup.clear()  # set by the next submit or when the window closes
+            window = self.call_later(remaining, self._wakeup.set)
             try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
+                await self._wakeup.wait()
+            except asyncio.CancelledError:  # stopped while the batch waited for company: it will never run
+                _fail(batch, Unavailable("service is shutting down"))
+                raise
+            finally:
+                window.cancel()
 
 
 def _fail(chunks: Iterable[_Chunk], error: BaseException) -> None:

@@ -42,6 +42,7 @@ def _campaign_config(tiny_config: Path, **changes: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_stop_after_ends_cleanly_and_the_resume_point_continues(tiny_config: Path, tmp_path: Path) -> None:
     config = _campaign_config(tiny_config)
     first_run, second_run = tmp_path / "campaign_r1", tmp_path / "campaign_r2"
@@ -84,6 +85,7 @@ def test_stop_after_ends_cleanly_and_the_resume_point_continues(tiny_config: Pat
     assert f"{resumed['crops_seen']:,}" in rows[1]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_run_cleanly(tiny_config: Path, tmp_path: Path) -> None:
     config = _campaign_config(tiny_config)
     process = subprocess.Popen([EFFPOSE, "train", "--config", str(config)], stdout=subprocess.DEVNULL,
@@ -106,6 +108,7 @@ def test_sigterm_ends_the_run_cleanly(tiny_config: Path, tmp_path: Path) -> None
     assert (tmp_path / "run" / "model.onnx").is_file() and (tmp_path / "run" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_compact_resume_point_restores_weights_and_optimiser() -> None:
     torch.manual_seed(0)
     model = build_model("A")
@@ -195,6 +198,7 @@ def test_pack_keeps_the_crop_geometry(lspet_persons: list, tmp_path: Path) -> No
             assert np.abs(image_a - image_b)[:, inside].mean() < 0.25  # ImageNet-normalised units
 
 
+@pytest.mark.slow
 def test_pack_trains_through_the_gpu_script_on_a_cpu(lspet_persons: list, tmp_path: Path) -> None:
     """scripts/train_gpu.sh, unchanged but for a tiny batch and budget: resumes the committed resume point from a
     pack alone and writes the new resume point, metrics and ONNX model to the named folder."""
@@ -213,6 +217,7 @@ def test_pack_trains_through_the_gpu_script_on_a_cpu(lspet_persons: list, tmp_pa
     assert (out / "model.onnx").is_file() and (out / "last.pt").stat().st_size <= MAX_RESUME_BYTES
 
 
+@pytest.mark.slow
 def test_pack_command_refuses_a_pack_over_budget(tiny_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "pack.npz"
     result = subprocess.run([EFFPOSE, "data", "pack", "--config", str(tiny_config), "--out", str(out),

@@ -78,6 +78,7 @@ def test_predict_on_a_real_photo(tmp_path, random_onnx_a, coco_val_person) -> No
     assert written.shape == image.shape and np.any(written != image)
 
 
+@pytest.mark.slow
 @pytest.mark.data
 def test_predict_finds_the_people_with_the_shipped_detector(data_dir, random_onnx_a) -> None:
     photo = data_dir / "coco/images/000000001000.jpg"  # a team photo
@@ -91,6 +92,7 @@ def test_predict_finds_the_people_with_the_shipped_detector(data_dir, random_onn
     assert len(json.loads(capped.stdout)["persons"]) == 2
 
 
+@pytest.mark.slow
 def test_predict_whole_image_and_errors(tmp_path, random_onnx_a) -> None:
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), np.full((120, 90, 3), 128, np.uint8))

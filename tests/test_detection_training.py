@@ -167,6 +167,7 @@ def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
         config.validate()
 
 
+@pytest.mark.slow
 def test_export_parity_and_the_service_adapter(tmp_path: Path, randomized) -> None:
     torch.manual_seed(0)
     model = randomized(build_detector("A", max_detections=20), input_size=(128, 128))  # input-dependent peaks
@@ -183,6 +184,7 @@ def test_export_parity_and_the_service_adapter(tmp_path: Path, randomized) -> No
     assert detector.detect(second, 0.0, 10) != detections
 
 
+@pytest.mark.slow
 def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
     tiny_detection_data: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -215,6 +217,7 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
     assert {"AP", "AP50", "AR"} <= set(json.loads(evaluated.stdout))
 
 
+@pytest.mark.slow
 def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
     tmp_path: Path, randomized, data_dir: Path
 ) -> None:
@@ -233,6 +236,7 @@ def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
     assert sum(not torch.allclose(m.weight, torch.ones_like(m.weight)) for m in norms) > len(norms) // 2
 
 
+@pytest.mark.slow
 def test_detector_campaign_stops_resumes_and_regenerates_its_progress_table(
     tiny_detection_data: dict[str, Path], tmp_path: Path
 ) -> None:

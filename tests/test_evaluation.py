@@ -231,6 +231,7 @@ def test_runner_with_detections_equals_gt_boxes(small_val, gt_box_report, random
     np.testing.assert_allclose(got, expected, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_runner_pck_drops_pseudo_points(small_val, gt_box_report, random_onnx_a, tmp_path) -> None:
     _, images, small = small_val
     flagged = copy.deepcopy(small)
@@ -254,6 +255,7 @@ def test_load_estimator_onnx_without_torch(random_onnx_a) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_load_estimator_exports_a_checkpoint(random_model_a, random_onnx_a, tmp_path) -> None:
     from effpose.model import save_checkpoint
 

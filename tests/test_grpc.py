@@ -339,6 +339,7 @@ def test_stream_cancel_cancels_the_work(server: GrpcServer, stub: pose_pb2_grpc.
     assert server.sample("effpose_batch_size_count") - batches < 2 * HEAVY_BOXES / server.settings.max_batch_size
 
 
+@pytest.mark.slow
 def test_slow_reader_does_not_make_the_server_hold_more_than_the_window(
     server: GrpcServer, monkeypatch: pytest.MonkeyPatch
 ):
@@ -446,6 +447,7 @@ def run_example(server: GrpcServer, *args: str | Path) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=120, cwd=REPO, check=False)
 
 
+@pytest.mark.slow
 def test_example_client_prints_poses_and_rich_errors(server: GrpcServer, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):
     photo, junk = tmp_path / "photo.jpg", tmp_path / "junk.jpg"

@@ -14,12 +14,14 @@ SPEC_MACS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["A", "B", "C"])
 def test_parameter_count_matches_spec(arch: str) -> None:
     stats = measure_complexity(build_model(arch, num_joints=16), (256, 256))
     assert stats.params == pytest.approx(SPEC_PARAMS[arch], abs=500)  # spec is rounded to 1e3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("arch", "size"), list(SPEC_MACS))
 def test_macs_within_one_percent_of_spec(arch: str, size: tuple[int, int]) -> None:
     stats = measure_complexity(build_model(arch, num_joints=16), size)
@@ -55,6 +57,7 @@ def test_skip_is_identity_and_only_where_shapes_allow() -> None:
         build_op("skip", 24, 24, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["A", "B", "C", "mbv2"])
 def test_network_output_is_stride_4_heatmaps(arch: str) -> None:
     model = build_model(arch).eval()
@@ -67,6 +70,7 @@ def test_sic_can_be_disabled() -> None:
     assert measure_complexity(with_sic).params - measure_complexity(without).params == 32 * 9
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tmp_path, random_model_a: EfficientPose) -> None:
     path = tmp_path / "a.pt"
     save_checkpoint(random_model_a, path, epoch=3)
@@ -79,6 +83,7 @@ def test_checkpoint_round_trip(tmp_path, random_model_a: EfficientPose) -> None:
         load_checkpoint(path, arch="B")
 
 
+@pytest.mark.slow
 def test_bare_state_dict_needs_arch(tmp_path, random_model_a: EfficientPose) -> None:
     path = tmp_path / "bare.pt"
     torch.save(random_model_a.state_dict(), path)

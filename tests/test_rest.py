@@ -265,6 +265,7 @@ def test_vanishing_client_has_its_work_cancelled(random_onnx_a):
     assert not errors.records, [record.getMessage() for record in errors.records]
 
 
+@pytest.mark.slow
 def test_graceful_shutdown_finishes_in_flight_requests(random_onnx_a):
     with running_service(pose_model=random_onnx_a) as running:
         result: dict[str, httpx.Response] = {}

