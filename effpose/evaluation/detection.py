@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from effpose.data.coco import read_coco_json
 from effpose.data.dataset import read_image
@@ -50,7 +50,7 @@ def detect_images(
     images = read_coco_json(annotation_json)["images"]
     results: list[dict[str, Any]] = []
     milliseconds: list[float] = []
-    for index, entry in enumerate(images):
+    for entry in tqdm(images, desc="detecting", unit="image", disable=not progress):
         image = read_image(Path(image_dir) / entry["file_name"])
         started = time.perf_counter()
         detections = detector.detect(image, score_threshold, max_detections)
@@ -59,10 +59,6 @@ def detect_images(
             x1, y1, x2, y2 = detection.box
             results.append({"image_id": entry["id"], "category_id": 1, "score": round(detection.score, 5),
                             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]})
-        if progress and (index + 1) % 50 == 0:
-            print(f"\r{index + 1}/{len(images)} images", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
     return DetectionRun(results, milliseconds, len(images))
 
 
