@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR, default_pose_model
 from effpose.data.coco import read_coco_json
-from effpose.detectors import OnnxYoloDetector
+from effpose.detectors import OnnxDetector
 from effpose.evaluation import evaluate, load_estimator
 from effpose.evaluation.detection import coco_box_ap, detect_images
 
@@ -71,7 +71,7 @@ def strongest(results: list[dict[str, Any]], threshold: float, per_image: int) -
 def measure_detector(name: str, path: Path, args: argparse.Namespace, pose_model: Path,
                      scratch: Path) -> dict[str, Any]:
     """Box AP and latency of one detector, and pose AP on its boxes."""
-    detector = OnnxYoloDetector(path, intra_op_threads=args.threads)
+    detector = OnnxDetector(path, intra_op_threads=args.threads)
     run = detect_images(detector, DATA / ANNOTATIONS, DATA / IMAGES, score_threshold=0.01, max_detections=100)
     boxes = coco_box_ap(read_coco_json(DATA / ANNOTATIONS), run.results)
     results_file = scratch / f"{name}.json"

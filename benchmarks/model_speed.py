@@ -496,8 +496,8 @@ def time_precisions(name: str, fp32: Path, int8: Path, batches: list[int], threa
 
 def default_int8(fp32: Path, out: Path, method: str) -> Path:
     """Quantize ``fp32`` to ``out``, calibrated on the shared COCO train split (``effpose quantize`` defaults)."""
-    from effpose.quantize import quantize_model
     from effpose.data.sources import data_root
+    from effpose.quantize import quantize_model
 
     coco = data_root() / "coco"
     quantize_model(fp32, out, coco / "annotations" / "person_keypoints_train.json", coco / "images", method=method)

@@ -106,7 +106,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import cv2
 
     from effpose.assets import default_person_detector, default_pose_model
-    from effpose.detectors import OnnxYoloDetector
+    from effpose.detectors import OnnxDetector
     from effpose.draw import draw_poses
     from effpose.pipeline import TopDownPipeline
     from effpose.runtime import PoseEstimator
@@ -127,7 +127,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.box and args.whole_image:
         boxes, source = [(0.0, 0.0, float(width), float(height))], "whole_image"
     elif not args.box:
-        detector = OnnxYoloDetector(args.detector_model or default_person_detector(), providers=args.providers,
+        detector = OnnxDetector(args.detector_model or default_person_detector(), providers=args.providers,
                                     intra_op_threads=args.threads)
     try:
         persons = TopDownPipeline(estimator, detector).estimate(
@@ -261,8 +261,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     """Train the person detector from a JSON config, with command-line overrides; works under torchrun."""
     import logging
 
-    from effpose.detection.config import DetectorConfig
-    from effpose.detection.trainer import run_detector_training
+    from effpose.detector_training.config import DetectorConfig
+    from effpose.detector_training.trainer import run_detector_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = DetectorConfig.load(args.config) if args.config else DetectorConfig()
@@ -273,8 +273,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
 def cmd_export_detector(args: argparse.Namespace) -> int:
     """Export a detector checkpoint (or, explicitly, random weights) to ONNX and check parity with torch."""
-    from effpose.detection.export import check_detector_parity, export_detector
-    from effpose.detection.model import build_detector, load_detector
+    from effpose.detector_training.export import check_detector_parity, export_detector
+    from effpose.detector_training.model import build_centernet, load_detector
 
     if (args.checkpoint is None) == (not args.random_weights):
         print("error: pass --checkpoint FILE or --random-weights (an untrained test model), not both",
@@ -285,7 +285,7 @@ def cmd_export_detector(args: argparse.Namespace) -> int:
         trained_size = extra.get("train_config", {}).get("input_size")
         weights = "trained"
     else:
-        model, trained_size, weights = build_detector(args.arch), None, "random"
+        model, trained_size, weights = build_centernet(args.arch), None, "random"
     input_size = args.input or trained_size or 320
     path = export_detector(model, args.out, input_size, weights=weights)
     diff = check_detector_parity(model, path, input_size)

@@ -2,7 +2,7 @@
 
 Calibration data is prepared by the library's own inference code, so the quantizer sees exactly what the runtime
 feeds the network: person crops cut by :meth:`effpose.runtime.PoseEstimator.prepare` around annotated boxes, or
-whole images letterboxed by :func:`effpose.detectors.onnx_yolo.preprocess`. Weights are quantized per output
+whole images letterboxed by :func:`effpose.detectors.onnx_detector.preprocess`. Weights are quantized per output
 channel (int8, symmetric), activations per tensor (uint8 by default) with ranges from an entropy, percentile or
 min-max calibration. The model is first put through ONNX Runtime's quantization pre-processing (shape inference,
 BatchNorm folded into the convolutions) and then cross-layer equalization (:func:`equalize_cross_layer`, exact in
@@ -41,7 +41,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from effpose.data.coco import load_person_records, read_coco_json
-from effpose.detectors.onnx_yolo import PERSON_DETECTOR_KIND, OnnxYoloDetector, preprocess
+from effpose.detectors.onnx_detector import PERSON_DETECTOR_KIND, OnnxDetector, preprocess
 from effpose.onnx_session import create_session
 from effpose.runtime import PoseEstimator
 
@@ -149,7 +149,7 @@ def pose_calibration_crops(estimator: PoseEstimator, annotations: Path, images: 
     return np.concatenate(tensors) if tensors else np.zeros((0, 3, *estimator.info.input_size[::-1]), np.float32)
 
 
-def detector_calibration_images(detector: OnnxYoloDetector, annotations: Path, images: Path,
+def detector_calibration_images(detector: OnnxDetector, annotations: Path, images: Path,
                                 count: int) -> np.ndarray:
     """Network inputs (N, 3, S, S) of ``count`` listed images, letterboxed as the detector does."""
     listed = spread(sorted(read_coco_json(annotations)["images"], key=lambda image: image["id"]), count)
@@ -297,7 +297,7 @@ def output_fidelity(fp32: Path, int8: Path, samples: np.ndarray, batch_size: int
 def calibration_samples(model: Path, kind: ModelKind, annotations: Path, images: Path, count: int) -> np.ndarray:
     """The calibration inputs of a pose model (person crops) or a detector (letterboxed whole images)."""
     if kind == "detector":
-        return detector_calibration_images(OnnxYoloDetector(model, intra_op_threads=1), annotations, images, count)
+        return detector_calibration_images(OnnxDetector(model, intra_op_threads=1), annotations, images, count)
     return pose_calibration_crops(PoseEstimator(model, intra_op_threads=1), annotations, images, count)
 
 

@@ -24,10 +24,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from effpose.detection.augment import DetectionAugment
-from effpose.detection.config import DetectionSource
-from effpose.detection.data import DetectionDataset, load_source
-from effpose.detection.model import CenterNetDetector, DetectionGraph
+from effpose.detector_training.augment import DetectionAugment
+from effpose.detector_training.config import DetectionSource
+from effpose.detector_training.data import DetectionDataset, load_source
+from effpose.detector_training.model import CenterNetDetector, DetectionGraph
 from effpose.genotype import Genotype
 from effpose.model import save_checkpoint
 

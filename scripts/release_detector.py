@@ -27,11 +27,11 @@ import torch
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
 from effpose.cards import read_history, write_card
-from effpose.detection.config import DetectorConfig
-from effpose.detection.export import check_detector_parity, export_detector
-from effpose.detection.model import load_detector
-from effpose.detectors import OnnxYoloDetector
-from effpose.detectors.onnx_yolo import write_score_threshold
+from effpose.detector_training.config import DetectorConfig
+from effpose.detector_training.export import check_detector_parity, export_detector
+from effpose.detector_training.model import load_detector
+from effpose.detectors import OnnxDetector
+from effpose.detectors.onnx_detector import write_score_threshold
 from effpose.evaluation.detection import calibrate_detector, evaluate_detector
 from effpose.machine import cpu_model
 from effpose.model import measure_complexity
@@ -41,7 +41,7 @@ CARD_METRICS = ("AP", "AP50", "AP75", "AR", "ms_median", "ms_p90")
 
 def evaluate(onnx_path: Path, config: DetectorConfig, threads: int) -> dict[str, dict]:
     """The card's metrics of a detector ONNX on every validation set of ``config``."""
-    detector = OnnxYoloDetector(onnx_path, intra_op_threads=threads)
+    detector = OnnxDetector(onnx_path, intra_op_threads=threads)
     validation = {}
     for source in config.val:
         annotations, images = source.paths()
@@ -125,7 +125,7 @@ def main() -> int:
                "--annotations $EFFPOSE_DATA/<annotations> --images $EFFPOSE_DATA/<images> --json")
     if config.val:
         annotations, images = config.val[0].paths()
-        threshold, calibration = calibrate_detector(OnnxYoloDetector(onnx_path), annotations, images,
+        threshold, calibration = calibrate_detector(OnnxDetector(onnx_path), annotations, images,
                                                     config.val[0].annotations)
         write_score_threshold(onnx_path, threshold, calibration)
     print(json.dumps(card["validation"], indent=2))

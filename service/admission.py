@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 from service.errors import DeadlineExceeded, DeadlineTooShort, Overloaded, TooLarge
 
-
 CALIBRATION_SMOOTHING = 0.05  # weight of one answered request in the latency calibration
 
 

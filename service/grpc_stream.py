@@ -8,8 +8,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from effpose.processing.smoothing import OneEuroParams, PoseTracker
 from effpose.pipeline import PersonPose
+from effpose.processing.smoothing import OneEuroParams, PoseTracker
 from effpose.v1 import pose_pb2
 from service.errors import BadRequest
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR
-from effpose.detectors import OnnxYoloDetector
+from effpose.detectors import OnnxDetector
 from effpose.runtime import PoseEstimator
 
 EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
@@ -86,7 +86,7 @@ def test_predict_finds_the_people_with_the_shipped_detector(data_dir, random_onn
     assert result.returncode == 0, result.stderr
     persons = json.loads(result.stdout)["persons"]
     assert len(persons) >= 3 and {p["source"] for p in persons} == {"detector"}
-    calibrated = OnnxYoloDetector(DEFAULT_PERSON_DETECTOR).default_threshold  # the model's, not a fixed 0.4
+    calibrated = OnnxDetector(DEFAULT_PERSON_DETECTOR).default_threshold  # the model's, not a fixed 0.4
     assert all(calibrated <= p["box_score"] <= 1 for p in persons)
     capped = run("predict", str(photo), "--model", str(random_onnx_a), "--max-persons", "2", "--json")
     assert len(json.loads(capped.stdout)["persons"]) == 2

@@ -15,7 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from effpose.data import PersonRecord, load_person_records
 from effpose.data.dataset import AugmentConfig, MixedSampler, TopDownDataset, gaussian_heatmaps
-from effpose.detection.augment import DetectionAugment
+from effpose.detector_training.augment import DetectionAugment
 from effpose.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from effpose.processing import (
     INPUT_MEAN,

@@ -109,30 +109,30 @@ def test_calibrated_threshold_lives_in_the_model(tmp_path: Path) -> None:
     import shutil
 
     from effpose.assets import DEFAULT_PERSON_DETECTOR
-    from effpose.detectors import OnnxYoloDetector
-    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD, write_score_threshold
+    from effpose.detectors import OnnxDetector
+    from effpose.detectors.onnx_detector import UNCALIBRATED_THRESHOLD, write_score_threshold
 
     model = tmp_path / "det.onnx"
     shutil.copyfile(DEFAULT_PERSON_DETECTOR, model)
     (tmp_path / "det.json").write_text(json.dumps({"name": "det"}))
     write_score_threshold(model, 0.123, {"chosen_by": "test"})
-    assert OnnxYoloDetector(model).default_threshold == pytest.approx(0.123)
+    assert OnnxDetector(model).default_threshold == pytest.approx(0.123)
     assert json.loads((tmp_path / "det.json").read_text())["score_threshold"]["value"] == 0.123
-    shipped = OnnxYoloDetector(DEFAULT_PERSON_DETECTOR)
+    shipped = OnnxDetector(DEFAULT_PERSON_DETECTOR)
     assert 0.0 < shipped.default_threshold < UNCALIBRATED_THRESHOLD  # calibrated, and lower than the old default
 
 
 def test_shipped_default_finds_people_in_a_group_photo(data_dir: Path) -> None:
     """The service's default detector stage, at its default threshold, on a COCO val photo of 12 people."""
     from effpose.assets import DEFAULT_PERSON_DETECTOR
-    from effpose.detectors import OnnxYoloDetector, box_iou
+    from effpose.detectors import OnnxDetector, box_iou
 
     gt = json.loads((data_dir / "coco" / "annotations" / "person_keypoints_val.json").read_text())
     boxes = np.array([[x, y, x + w, y + h] for a in gt["annotations"] if a["image_id"] == 1000
                       for x, y, w, h in [a["bbox"]]])
     assert len(boxes) == 12
     image = cv2.imread(str(data_dir / "coco" / "images" / "000000001000.jpg"))
-    detector = OnnxYoloDetector(DEFAULT_PERSON_DETECTOR)
+    detector = OnnxDetector(DEFAULT_PERSON_DETECTOR)
     detections = detector.detect(image, detector.default_threshold, 100)
     found = sum(bool((box_iou(np.array(d.box), boxes)[0] >= 0.5).any()) for d in detections)
     assert found >= 6, f"{found} of 12 people found at the default threshold {detector.default_threshold}"

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from effpose.detectors import (
     DETECTOR_KINDS,
     Detection,
-    OnnxYoloDetector,
+    OnnxDetector,
     PersonDetector,
     WholeImageDetector,
     box_iou,
@@ -292,7 +292,7 @@ def test_yolov8_end_to_end_constant_model(tmp_path) -> None:
         20: (10, 40, 8, 8, 0.2, 0.0),
         30: (50, 40, 8, 8, 0.0, 0.99),
     })
-    detector = OnnxYoloDetector(constant_model(tmp_path / "v8.onnx", output), intra_op_threads=1)
+    detector = OnnxDetector(constant_model(tmp_path / "v8.onnx", output), intra_op_threads=1)
     assert detector.layout == "yolov8" and detector.input_size == (SIZE, SIZE) and detector.name == "v8.onnx"
     assert isinstance(detector, PersonDetector)
     detections = detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.3, 10)
@@ -308,7 +308,7 @@ def test_yolov8_end_to_end_constant_model(tmp_path) -> None:
 def test_yolox_end_to_end_constant_model(tmp_path) -> None:
     # stride-16 cell (2, 1), centre (40, 20), size 16x16 in input pixels: box (32, 12, 48, 28)
     output = yolox_output({stride16_anchor(2, 1): (0.5, 0.25, 0.0, 0.0, 0.9, 0.8, 0.0)})
-    detector = OnnxYoloDetector(constant_model(tmp_path / "x.onnx", output))
+    detector = OnnxDetector(constant_model(tmp_path / "x.onnx", output))
     assert detector.layout == "yolox"
     detections = detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.5, 10)
     # top-left letterbox at scale 0.5: image box (64, 24, 96, 56)
@@ -324,7 +324,7 @@ def test_effpose_layout_end_to_end_constant_model(tmp_path) -> None:
     model = onnx.load(path)
     onnx.helper.set_model_props(model, {"effpose.kind": "person_detector"})
     onnx.save(model, path)
-    detector = OnnxYoloDetector(path)
+    detector = OnnxDetector(path)
     assert detector.layout == "effpose"
     detections = detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.3, 10)
     # centred letterbox like yolov8: scale 0.5, 16 padding rows on top -> image box (48, 16, 80, 48); NMS drops the twin
@@ -340,7 +340,7 @@ def test_detector_clips_boxes_and_caps_count(tmp_path) -> None:
         3: (50, 32, 4, 4, 0.8, 0.0),
         4: (4, 4, 4, 4, 0.95, 0.0),  # entirely in the top padding: nothing left after clipping
     })
-    detector = OnnxYoloDetector(constant_model(tmp_path / "v8.onnx", output), layout="yolov8")
+    detector = OnnxDetector(constant_model(tmp_path / "v8.onnx", output), layout="yolov8")
     detections = detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.5, 10)
     assert [d.score for d in detections] == pytest.approx([0.9, 0.8, 0.6])
     np.testing.assert_allclose(detections[2].box, (0, 8, 32, 64), atol=1e-4)
@@ -350,34 +350,34 @@ def test_detector_clips_boxes_and_caps_count(tmp_path) -> None:
 
 def test_symbolic_output_shape_is_resolved_by_a_probe_run(tmp_path) -> None:
     output = yolov8_output({10: (32, 32, 16, 16, 0.9, 0.0)})
-    detector = OnnxYoloDetector(constant_model(tmp_path / "v8.onnx", output, symbolic=True))
+    detector = OnnxDetector(constant_model(tmp_path / "v8.onnx", output, symbolic=True))
     assert detector.layout == "yolov8"
     assert len(detector.detect(np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8), 0.5, 5)) == 1
 
 
 def test_detector_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="detector model not found"):
-        OnnxYoloDetector(tmp_path / "missing.onnx")
+        OnnxDetector(tmp_path / "missing.onnx")
     ambiguous = constant_model(tmp_path / "ambiguous.onnx", np.zeros((1, 100, 85), np.float32))
     with pytest.raises(ValueError, match="pass layout="):
-        OnnxYoloDetector(ambiguous)
+        OnnxDetector(ambiguous)
     with pytest.raises(ValueError, match="decoded=True"):
-        OnnxYoloDetector(ambiguous, layout="yolox")
-    assert OnnxYoloDetector(ambiguous, layout="yolox", decoded=True).layout == "yolox"
+        OnnxDetector(ambiguous, layout="yolox")
+    assert OnnxDetector(ambiguous, layout="yolox", decoded=True).layout == "yolox"
     flat = constant_model(tmp_path / "flat.onnx", np.zeros((1, 84), np.float32))
     with pytest.raises(ValueError, match="unexpected yolov8 detector output shape"):
-        OnnxYoloDetector(flat, layout="yolov8")
+        OnnxDetector(flat, layout="yolov8")
     v8 = constant_model(tmp_path / "v8.onnx", yolov8_output({}))
     with pytest.raises(ValueError, match="unexpected yolov8 detector output shape"):
-        OnnxYoloDetector(v8, person_class=5)
+        OnnxDetector(v8, person_class=5)
     with pytest.raises(ValueError, match="only applies to the yolox layout"):
-        OnnxYoloDetector(v8, decoded=True)
+        OnnxDetector(v8, decoded=True)
     with pytest.raises(ValueError, match="unknown detector layout"):
-        OnnxYoloDetector(v8, layout="yolov5")
+        OnnxDetector(v8, layout="yolov5")
     with pytest.raises(ValueError, match="nms_iou"):
-        OnnxYoloDetector(v8, nms_iou=0.0)
+        OnnxDetector(v8, nms_iou=0.0)
     with pytest.raises(ValueError, match="BGR uint8"):
-        OnnxYoloDetector(v8).detect(np.zeros((10, 10, 3), np.float32), 0.5, 5)
+        OnnxDetector(v8).detect(np.zeros((10, 10, 3), np.float32), 0.5, 5)
 
 
 # ---------------------------------------------------------------------------------------------------- base, whole image, factory
@@ -411,7 +411,7 @@ def test_build_detector(tmp_path) -> None:
     assert isinstance(build_detector("whole-image", None), WholeImageDetector)
     model = constant_model(tmp_path / "v8.onnx", yolov8_output({}))
     detector = build_detector("onnx", model, layout="yolov8", nms_iou=0.6, intra_op_threads=1)
-    assert isinstance(detector, OnnxYoloDetector) and detector.nms_iou == 0.6 and detector.layout == "yolov8"
+    assert isinstance(detector, OnnxDetector) and detector.nms_iou == 0.6 and detector.layout == "yolov8"
     with pytest.raises(ValueError, match="needs model_path"):
         build_detector("onnx", None)
     with pytest.raises(FileNotFoundError):
@@ -435,11 +435,11 @@ LARGE_AREA = 96.0**2
 
 
 @pytest.fixture(scope="module")
-def yolox_nano(data_dir: Path) -> OnnxYoloDetector:
+def yolox_nano(data_dir: Path) -> OnnxDetector:
     path = data_dir / "models" / "yolox_nano" / "yolox_nano.onnx"
     if not path.is_file():
         pytest.skip(f"detector model not found at {path}")
-    return OnnxYoloDetector(path, intra_op_threads=2)
+    return OnnxDetector(path, intra_op_threads=2)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,13 @@ import json
 import pytest
 
 from effpose.genotype import (
-    GENOTYPES, SEARCH_OPS, Genotype, Stage, load_genotype, parse_op, save_genotype,
+    GENOTYPES,
+    SEARCH_OPS,
+    Genotype,
+    Stage,
+    load_genotype,
+    parse_op,
+    save_genotype,
 )
 
 # (channels, stride, layers) per stage, from the spec's tables

@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from effpose.keypoints import KEYPOINT_NAMES, SKELETON
-from effpose.processing.smoothing import OneEuroParams, PoseTracker
 from effpose.pipeline import TopDownPipeline
+from effpose.processing.smoothing import OneEuroParams, PoseTracker
 from effpose.runtime import PoseEstimator
 from effpose.v1 import pose_pb2, pose_pb2_grpc
 from service.core import InferenceCore, PoseRequest, PoseResult

@@ -17,7 +17,7 @@ import pytest
 
 from effpose.assets import default_person_detector, default_pose_model
 from effpose.cli import main
-from effpose.detectors import OnnxYoloDetector
+from effpose.detectors import OnnxDetector
 from effpose.pipeline import TopDownPipeline
 from effpose.processing.boxes import box_iou
 from effpose.quantize import PRECISION_KEY, QUANTIZATION_KEY, equalize_cross_layer, quantize_model
@@ -117,7 +117,7 @@ def test_quantized_detector_keeps_its_threshold_and_finds_the_same_person(
     assert len(report.excluded_nodes) == 3  # the heatmap, size and offset prediction layers
     original = metadata(model)
     assert {key: metadata(out)[key] for key in original} == original
-    fp32, int8 = OnnxYoloDetector(model, intra_op_threads=1), OnnxYoloDetector(out, intra_op_threads=1)
+    fp32, int8 = OnnxDetector(model, intra_op_threads=1), OnnxDetector(out, intra_op_threads=1)
     assert int8.default_threshold == fp32.default_threshold and int8.layout == fp32.layout
     image = cv2.imread(str(coco_val_person[0]), cv2.IMREAD_COLOR)
     expected, actual = (d.detect(image, d.default_threshold, 5) for d in (fp32, int8))
@@ -138,7 +138,7 @@ def test_the_service_loads_int8_models_from_its_settings(int8_pose: tuple[Path, 
     monkeypatch.setenv("EFFPOSE_THREADS", "1")
     core = InferenceCore(Settings())
     assert core.estimator.info == PoseEstimator(default_pose_model(), intra_op_threads=1).info
-    assert core.detector.default_threshold == OnnxYoloDetector(default_person_detector()).default_threshold
+    assert core.detector.default_threshold == OnnxDetector(default_person_detector()).default_threshold
 
 
 def test_cross_layer_equalization_keeps_the_function(coco_val_person: tuple[Path, list[float]]) -> None:

@@ -29,7 +29,7 @@ from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
 
 from effpose.v1 import pose_pb2, pose_pb2_grpc
-from tests.service_support import RunningService, error_details, encode, running_service
+from tests.service_support import RunningService, encode, error_details, running_service
 
 pytestmark = pytest.mark.slow  # property-based fuzzing of real servers
 

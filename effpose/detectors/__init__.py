@@ -10,7 +10,7 @@ from typing import Any
 
 from effpose.detectors.base import Detection, PersonDetector
 from effpose.detectors.letterbox import Letterbox, letterbox
-from effpose.detectors.onnx_yolo import OnnxYoloDetector, preprocess
+from effpose.detectors.onnx_detector import OnnxDetector, preprocess
 from effpose.detectors.whole_image import WholeImageDetector
 from effpose.detectors.yolo_decode import decode_boxes, decode_yolov8, decode_yolox, guess_layout
 from effpose.processing.boxes import box_iou, nms
@@ -19,13 +19,13 @@ DETECTOR_KINDS: tuple[str, ...] = ("onnx", "whole-image")
 
 
 def build_detector(kind: str, model_path: Path | None = None, **options: Any) -> PersonDetector:
-    """Build a detector by kind: ``"onnx"`` (an :class:`OnnxYoloDetector` of ``model_path``, ``options`` passed
+    """Build a detector by kind: ``"onnx"`` (an :class:`OnnxDetector` of ``model_path``, ``options`` passed
     on) or ``"whole-image"`` (which has no model and no options; both are ignored so one settings object can
     drive either kind). Unknown kinds and ``"onnx"`` without a model raise ValueError."""
     if kind == "onnx":
         if model_path is None:
             raise ValueError("detector kind 'onnx' needs model_path (the detector ONNX file)")
-        return OnnxYoloDetector(model_path, **options)
+        return OnnxDetector(model_path, **options)
     if kind == "whole-image":
         return WholeImageDetector()
     raise ValueError(f"unknown detector kind {kind!r}: use one of {', '.join(DETECTOR_KINDS)}")
@@ -35,7 +35,7 @@ __all__ = [
     "DETECTOR_KINDS",
     "Detection",
     "Letterbox",
-    "OnnxYoloDetector",
+    "OnnxDetector",
     "PersonDetector",
     "WholeImageDetector",
     "box_iou",

@@ -123,9 +123,9 @@ def data_relative(path: Path) -> str:
 
 
 def _build_detector(args: argparse.Namespace) -> Any:
-    from effpose.detectors import OnnxYoloDetector
+    from effpose.detectors import OnnxDetector
 
-    return OnnxYoloDetector(args.model, layout=args.layout, providers=args.providers, intra_op_threads=args.threads)
+    return OnnxDetector(args.model, layout=args.layout, providers=args.providers, intra_op_threads=args.threads)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -149,7 +149,7 @@ def cmd_calibrate_detector(args: argparse.Namespace) -> int:
                                            data_relative(args.annotations), args.max_detections,
                                            progress=sys.stderr.isatty())
     if args.write:
-        from effpose.detectors.onnx_yolo import write_score_threshold
+        from effpose.detectors.onnx_detector import write_score_threshold
 
         write_score_threshold(args.model, threshold, report)
     print(json.dumps(report, indent=2))

@@ -150,7 +150,7 @@ def calibrate_detector(
     chosen operating point and, for comparison, the one nearest the uncalibrated default threshold."""
     from dataclasses import asdict
 
-    from effpose.detectors.onnx_yolo import UNCALIBRATED_THRESHOLD
+    from effpose.detectors.onnx_detector import UNCALIBRATED_THRESHOLD
 
     run = detect_images(detector, annotation_json, image_dir, 0.01, max_detections, progress)
     gt = read_coco_json(annotation_json)

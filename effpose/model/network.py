@@ -68,7 +68,7 @@ def init_pose_weights(model: nn.Module, predictor: nn.Conv2d) -> None:
 class GenotypeTrunk(nn.Module):
     """Fixed stem + genotype backbone (output stride 16) + slim transposed-conv head (output stride 4).
 
-    The trunk that EfficientPose and the person detector (``effpose.detection``) share: subclasses add their
+    The trunk that EfficientPose and the person detector (``effpose.detector_training``) share: subclasses add their
     prediction layers, call :func:`init_weights` once everything is built, and describe themselves in
     :meth:`config`. Submodule names (``stem``, ``backbone``, ``head``) are the state-dict prefixes.
     """

@@ -1,7 +1,7 @@
 """The training loop: single process or DistributedDataParallel under ``torchrun``, checkpoints, resume.
 
 :class:`TrainingLoop` is the task-independent part (process setup, optimiser, lr schedule, epochs,
-checkpoints, metrics); :class:`Trainer` is the pose task on top of it, and ``effpose.detection.trainer``
+checkpoints, metrics); :class:`Trainer` is the pose task on top of it, and ``effpose.detector_training.trainer``
 the person detector. Rank 0 validates after every epoch by exporting the weights to ONNX and evaluating them
 with the same ONNX Runtime path the service uses, keeps ``last.pt`` (for ``--resume``) and ``best.pt`` (by the
 configured validation metric), and appends one JSON line per epoch to ``metrics.jsonl``.

@@ -3,7 +3,7 @@
 Input: RGB in [0, 1], (N, 3, S, S), the letterboxed image; ImageNet normalisation is the network's first
 operation. The trunk (:class:`~effpose.model.network.GenotypeTrunk`: stem, genotype backbone at stride 16, two
 transposed convs up to stride 4) gives 32 stride-4 channels; three small heads (depthwise 3x3 + BN + ReLU,
-1x1 + BN + ReLU, 1x1 with bias) predict per grid cell, as encoded by :mod:`effpose.detection.targets`:
+1x1 + BN + ReLU, 1x1 with bias) predict per grid cell, as encoded by :mod:`effpose.detector_training.targets`:
 
 * ``heatmap`` (1): logit that a person's box centre lies in the cell (bias -2.19, i.e. p = 0.1, as in CenterNet);
 * ``size`` (2): log(w / 4), log(h / 4), the box size in log stride units (scale-invariant, always positive);
@@ -115,7 +115,7 @@ class DetectionGraph(nn.Module):
         return decode_detections(self.detector(images), self.detector.max_detections, self.input_size)
 
 
-def build_detector(arch: str | Genotype = "A", max_detections: int = MAX_DETECTIONS) -> CenterNetDetector:
+def build_centernet(arch: str | Genotype = "A", max_detections: int = MAX_DETECTIONS) -> CenterNetDetector:
     """A detector on a built-in genotype (A, B, C, mbv2), a genotype JSON path, or a Genotype."""
     genotype = arch if isinstance(arch, Genotype) else load_genotype(arch)
     return CenterNetDetector(genotype, max_detections=max_detections)

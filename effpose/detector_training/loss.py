@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from effpose.detection.model import DetectorOutput
+from effpose.detector_training.model import DetectorOutput
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
@@ -40,7 +40,7 @@ class CenterNetLoss(nn.Module):
         self.weights = {"heatmap": heatmap_weight, "size": size_weight, "offset": offset_weight}
 
     def forward(self, output: DetectorOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``targets`` holds the maps of :func:`effpose.detection.targets.encode_targets`, batched."""
+        """``targets`` holds the maps of :func:`effpose.detector_training.targets.encode_targets`, batched."""
         mask = targets["mask"]
         parts = {
             "heatmap": focal_loss(output.heatmap.float(), targets["heatmap"]),

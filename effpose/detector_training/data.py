@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from effpose.data.coco import read_coco_json, xywh_to_xyxy
 from effpose.data.dataset import read_image
-from effpose.detection.augment import (
+from effpose.detector_training.augment import (
     DetectionAugment,
     Placement,
     compose,
@@ -28,8 +28,8 @@ from effpose.detection.augment import (
     mosaic_tiles,
     random_placement,
 )
-from effpose.detection.config import DetectionSource
-from effpose.detection.targets import STRIDE, encode_targets
+from effpose.detector_training.config import DetectionSource
+from effpose.detector_training.targets import STRIDE, encode_targets
 from effpose.processing.boxes import box_iou
 
 
@@ -99,8 +99,8 @@ def load_source(source: DetectionSource) -> list[ImageBoxes]:
 class DetectionDataset(Dataset):
     """Letterboxed canvases with CenterNet targets for detector training.
 
-    An item is a dict: ``"image"`` float32 (3, S, S) RGB in [0, 1] (what ``effpose.detectors.onnx_yolo.preprocess``
-    gives at inference), and the float32 maps of :func:`~effpose.detection.targets.encode_targets`
+    An item is a dict: ``"image"`` float32 (3, S, S) RGB in [0, 1] (what ``effpose.detectors.onnx_detector.preprocess``
+    gives at inference), and the float32 maps of :func:`~effpose.detector_training.targets.encode_targets`
     (``"heatmap"``, ``"size"``, ``"offset"``, ``"mask"``). With ``augment`` enabled each item draws new random
     placements (and, with ``mosaic_prob``, three more images of this dataset) from a numpy generator seeded from
     ``torch.initial_seed()``, so every DataLoader worker has its own stream; otherwise items are the plain letterbox.

@@ -26,7 +26,7 @@ UNCALIBRATED_THRESHOLD = 0.4
 
 def write_score_threshold(model_path: str | Path, threshold: float, calibration: dict) -> None:
     """Store a calibrated score threshold in a detector's ONNX metadata (``effpose.score_threshold``, read by
-    :class:`~effpose.detectors.OnnxYoloDetector`) and, when the model has a card beside it, in the card."""
+    :class:`~effpose.detectors.OnnxDetector`) and, when the model has a card beside it, in the card."""
     import onnx  # the training extra: calibration writes files, serving only reads them
 
     path = Path(model_path)
@@ -58,7 +58,7 @@ def preprocess(image: np.ndarray, size: tuple[int, int], layout: Layout) -> tupl
     return np.ascontiguousarray(tensor[None]), placement
 
 
-class OnnxYoloDetector:
+class OnnxDetector:
     """Person detector running a YOLOX or YOLOv8 ONNX export, or the project's own detector (layout ``effpose``);
     see :mod:`effpose.detectors.yolo_decode`.
 

@@ -1,7 +1,7 @@
 """Detector training (``effpose train-detector``): the shared training loop with the detector's model, data and loss.
 
 Validation exports the current weights to ONNX and scores them with the service's detector adapter
-(``effpose.detectors.OnnxYoloDetector``, which applies NMS) and ``effpose.evaluation.detection`` (COCO person box
+(``effpose.detectors.OnnxDetector``, which applies NMS) and ``effpose.evaluation.detection`` (COCO person box
 AP / AP50 / AR with pycocotools) on each validation source's GT person boxes: what is validated is what ships.
 """
 
@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 
 from effpose.data.dataset import MixedSampler
-from effpose.detection.config import DetectorConfig
-from effpose.detection.data import DetectionDataset, load_source
-from effpose.detection.export import export_detector
-from effpose.detection.loss import CenterNetLoss
-from effpose.detection.model import CenterNetDetector, DetectorOutput, build_detector
+from effpose.detector_training.config import DetectorConfig
+from effpose.detector_training.data import DetectionDataset, load_source
+from effpose.detector_training.export import export_detector
+from effpose.detector_training.loss import CenterNetLoss
+from effpose.detector_training.model import CenterNetDetector, DetectorOutput, build_centernet
 from effpose.training.trainer import Environment, TrainingLoop, initialise, log, mixed_sampler, run_loop
 
 VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
@@ -28,13 +28,13 @@ VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
 
 def validate_detector(model: CenterNetDetector, config: DetectorConfig) -> dict[str, float]:
     """Box AP / AP50 / AR of the current weights on every validation source (GT boxes), through ONNX Runtime."""
-    from effpose.detectors import OnnxYoloDetector
+    from effpose.detectors import OnnxDetector
     from effpose.evaluation.detection import evaluate_detector
 
     with tempfile.TemporaryDirectory(prefix="effpose-det-") as folder:
         path = export_detector(model.eval(), Path(folder) / "detector.onnx", config.input_size, weights="trained",
                                version="in-training")
-        detector = OnnxYoloDetector(path)
+        detector = OnnxDetector(path)
     metrics: dict[str, float] = {}
     for source in config.val:
         annotations, images = source.paths()
@@ -56,7 +56,7 @@ class DetectorTrainer(TrainingLoop):
 
     def build_model(self) -> CenterNetDetector:
         """The detector on the config's genotype, from the FNA ImageNet seed, a checkpoint or scratch."""
-        model = build_detector(self.config.arch, self.config.max_detections)
+        model = build_centernet(self.config.arch, self.config.max_detections)
         initialise(model, self.config.init, self.config.init_checkpoint)
         return model
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from effpose.data.sources import DataSource
-from effpose.detection.augment import DetectionAugment
+from effpose.detector_training.augment import DetectionAugment
 from effpose.training.config import LoopConfig
 
 BOX_KINDS: tuple[str, ...] = ("gt", "teacher", "merged")

@@ -13,15 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from effpose.detection.augment import DetectionAugment, Placement, compose, letterbox_placement, random_placement
-from effpose.detection.config import DetectionSource, DetectorConfig
-from effpose.detection.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
-from effpose.detection.export import check_detector_parity, export_detector
-from effpose.detection.loss import CenterNetLoss, focal_loss
-from effpose.detection.model import DetectorOutput, build_detector, decode_detections, load_detector
-from effpose.detection.targets import encode_targets
-from effpose.detectors import OnnxYoloDetector
-from effpose.detectors.onnx_yolo import preprocess
+from effpose.detector_training.augment import (
+    DetectionAugment,
+    Placement,
+    compose,
+    letterbox_placement,
+    random_placement,
+)
+from effpose.detector_training.config import DetectionSource, DetectorConfig
+from effpose.detector_training.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
+from effpose.detector_training.export import check_detector_parity, export_detector
+from effpose.detector_training.loss import CenterNetLoss, focal_loss
+from effpose.detector_training.model import DetectorOutput, build_centernet, decode_detections, load_detector
+from effpose.detector_training.targets import encode_targets
+from effpose.detectors import OnnxDetector
+from effpose.detectors.onnx_detector import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
@@ -170,10 +176,10 @@ def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
 @pytest.mark.slow
 def test_export_parity_and_the_service_adapter(tmp_path: Path, randomized) -> None:
     torch.manual_seed(0)
-    model = randomized(build_detector("A", max_detections=20), input_size=(128, 128))  # input-dependent peaks
+    model = randomized(build_centernet("A", max_detections=20), input_size=(128, 128))  # input-dependent peaks
     path = export_detector(model, tmp_path / "det.onnx", input_size=128, weights="random")
     assert check_detector_parity(model, path, input_size=128) <= 1e-3
-    detector = OnnxYoloDetector(path)
+    detector = OnnxDetector(path)
     assert detector.layout == "effpose" and tuple(detector.input_size) == (128, 128)
     rng = np.random.default_rng(1)
     first, second = (rng.integers(0, 255, (200, 300, 3), dtype=np.uint8) for _ in range(2))
@@ -222,7 +228,7 @@ def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
     tmp_path: Path, randomized, data_dir: Path
 ) -> None:
     torch.manual_seed(0)
-    model = randomized(build_detector("A", max_detections=20), input_size=(128, 128))
+    model = randomized(build_centernet("A", max_detections=20), input_size=(128, 128))
     onnx_path = export_detector(model, tmp_path / "det.onnx", input_size=128, weights="random")
     recovered = subprocess.run([sys.executable, "scripts/detector_from_onnx.py", "--onnx", str(onnx_path),
                                 "--out", str(tmp_path / "seed.pt"), "--count", "4"],

@@ -4,7 +4,7 @@ Cell (i, j) of the stride-``s`` grid covers canvas pixels [s*j, s*j + s) x [s*i,
 (cx, cy) (edge coordinates) is assigned to the cell (floor(cx / s), floor(cy / s)); its targets there are the
 offset (cx / s - j, cy / s - i) in [0, 1) and the size log(w / s), log(h / s); the heatmap holds a Gaussian of
 peak exactly 1 at that cell with CenterNet's radius (objects-as-points, ``gaussian_radius`` at min overlap 0.7,
-sigma = diameter / 6), the maximum where Gaussians overlap. Decoding (``effpose.detection.model``) inverts this:
+sigma = diameter / 6), the maximum where Gaussians overlap. Decoding (``effpose.detector_training.model``) inverts this:
 centre = (cell + offset) * s, size = exp(log size) * s.
 """
 

@@ -1,7 +1,7 @@
 """ONNX export of the person detector (the contract ``effpose.detectors`` reads) and its parity check against torch.
 
 Contract: input ``images`` float32 [N, 3, S, S], RGB in [0, 1], the image letterboxed centred with pad 114
-(``effpose.detectors.onnx_yolo.preprocess(image, (S, S), "yolov8")``); ImageNet normalisation is inside the graph.
+(``effpose.detectors.onnx_detector.preprocess(image, (S, S), "yolov8")``); ImageNet normalisation is inside the graph.
 Output ``detections`` float32 [N, K, 5] (K = 100): x1, y1, x2, y2 in input pixels and score in [0, 1], sorted by
 score, decoded in the graph (sigmoid heatmap, 3x3 max-pool peaks, TopK, size and offset heads); no NMS needed.
 Dynamic batch axis, legacy exporter, opset 17. Metadata: ``effpose.kind`` = "person_detector", ``effpose.name``,
@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 from effpose import __version__
-from effpose.detection.model import KIND, CenterNetDetector, DetectionGraph, heatmap_peaks
+from effpose.detector_training.model import KIND, CenterNetDetector, DetectionGraph, heatmap_peaks
 from effpose.export import save_onnx
 
 INPUT_NAME = "images"
