@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from cards import read_history, write_card
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
-from effpose.cards import read_history, write_card
 from effpose.detector_training.config import DetectorConfig
 from effpose.detector_training.export import check_detector_parity, export_detector
 from effpose.detector_training.model import load_detector

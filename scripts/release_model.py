@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cards import write_card
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
-from effpose.cards import write_card
 from effpose.evaluation import evaluate, load_estimator
 from effpose.export import check_parity, export_onnx
 from effpose.machine import cpu_model

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from effpose.cards import read_history
+from cards import read_history
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""Model cards: the JSON written next to a shipped ONNX model by ``scripts/release_model.py`` and
-``scripts/release_detector.py``."""
+"""Model cards (release tooling, not the library): the JSON written next to a shipped ONNX model by
+``scripts/release_model.py`` and ``scripts/release_detector.py``."""
 
 from __future__ import annotations
 
