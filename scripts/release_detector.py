@@ -97,6 +97,7 @@ def main() -> int:
     config = DetectorConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     model, extra = load_detector(args.run / "best.pt")
     card_path = ASSETS_DIR / f"{args.name}.json"
+    candidate = None  # the validation of these weights, when the comparison measured it
     if args.only_if_better and card_path.is_file():
         with tempfile.TemporaryDirectory(prefix="effpose-release-") as folder:
             candidate = evaluate(export_detector(model, Path(folder) / "candidate.onnx", config.input_size),
@@ -118,7 +119,7 @@ def main() -> int:
         "params": stats.params,
         "macs": stats.macs,
         "training": training_summary(config, campaign_history(args.run), extra["epoch"], args.note),
-        "validation": evaluate(onnx_path, config, args.threads),
+        "validation": candidate or evaluate(onnx_path, config, args.threads),
         "latency_threads": args.threads,
     }
     write_card(args.name, card, onnx_path, parity, f"effpose eval-detector --model effpose/assets/{onnx_path.name} "
