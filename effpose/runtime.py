@@ -1,7 +1,7 @@
 """The pose model on ONNX Runtime: crops of person boxes in, heatmaps out, keypoints in image pixels. Imports no torch.
 
 :class:`PoseEstimator` holds the session and the model's metadata and provides the steps (``prepare`` crops,
-``run`` / ``infer`` the network, ``decode`` heatmaps back to the image); :mod:`effpose.pipeline` chains them, with
+``run`` the network, ``decode`` heatmaps back to the image); :mod:`effpose.pipeline` chains them, with
 a person detector, into the one top-down pipeline everything uses.
 """
 
@@ -122,13 +122,6 @@ class PoseEstimator:
         """Average the heatmaps of a :meth:`with_mirrored` batch back into one heatmap per crop."""
         count = len(heatmaps) // 2
         return merge_flip(heatmaps[:count], heatmaps[count:], self.contract.flip_pairs, self.contract.input_size[0])
-
-    def infer(self, tensor: np.ndarray, flip: bool | None = None) -> np.ndarray:
-        """Heatmaps (N, J, h, w) for a crop batch; with flip test, mirrored crops run in the same batch."""
-        flip = self.flip if flip is None else flip
-        if not flip or len(tensor) == 0:
-            return self.run(tensor)
-        return self.merge_mirrored(self.run(self.with_mirrored(tensor)))
 
     def decode(self, heatmaps: np.ndarray, matrices: np.ndarray) -> np.ndarray:
         """Keypoints (N, J, 3): x, y in original-image pixels and the heatmap peak as score."""

@@ -263,7 +263,7 @@ def test_load_estimator_exports_a_checkpoint(random_model_a, random_onnx_a, tmp_
     estimator = load_estimator(tmp_path / "a.pt")
     assert estimator.info.weights == "trained"
     crops = np.random.default_rng(0).standard_normal((2, 3, 256, 192)).astype(np.float32)
-    np.testing.assert_allclose(estimator.infer(crops), PoseEstimator(random_onnx_a).infer(crops), atol=1e-4)
+    np.testing.assert_allclose(estimator.run(crops), PoseEstimator(random_onnx_a).run(crops), atol=1e-4)
     save_checkpoint(random_model_a, tmp_path / "square.pt", train_config={"input_size": [256, 256]})
     assert load_estimator(tmp_path / "square.pt").info.input_size == (256, 256)
     with pytest.raises(ValueError, match="checkpoint"):

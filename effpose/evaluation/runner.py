@@ -1,6 +1,6 @@
 """Run a pose model over a COCO-format keypoint set and score it (COCO AP, PCK@0.2).
 
-Crops of several images are pooled into one ``infer`` batch. Person boxes are either the GT boxes
+Crops of several images are pooled into one model batch. Person boxes are either the GT boxes
 (every non-crowd person with labelled keypoints) or a COCO detection results file.
 """
 
