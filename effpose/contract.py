@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 
@@ -52,14 +53,14 @@ class PoseContract:
         if any(not 0 <= joint < self.num_joints for pair in self.flip_pairs for joint in pair):
             raise ValueError(f"flip pairs {self.flip_pairs} name joints outside 0..{self.num_joints - 1}")
 
-    @property
+    @cached_property
     def num_joints(self) -> int:
         """Keypoints per person (heatmap channels)."""
         return len(self.keypoint_names)
 
-    @property
+    @cached_property
     def heatmap_size(self) -> tuple[int, int]:
-        """(width, height) of the output heatmaps."""
+        """(width, height) of the output heatmaps (computed once: the runtime reads it for every batch)."""
         return self.input_size[0] // self.stride, self.input_size[1] // self.stride
 
     def to_metadata(self) -> dict[str, str]:

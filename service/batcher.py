@@ -134,8 +134,7 @@ class DynamicBatcher:
         self._queue.extend(queued)
         self._wakeup.set()
         futures = [chunk.future for chunk in queued]
-        expiry = self.call_later(max(deadline - now, 0.0),
-                                 partial(_fail, queued, DeadlineExceeded("deadline passed while queued or computing")))
+        expiry = self.call_later(max(deadline - now, 0.0), partial(_expire, queued))
         try:  # asyncio.wait, not wait_for(gather): no wrapper future whose error could go unretrieved
             await asyncio.wait(futures, return_when=asyncio.FIRST_EXCEPTION)
             for error in [future.exception() for future in futures if future.done()]:  # none left unretrieved
@@ -226,3 +225,7 @@ def _fail(chunks: Iterable[_Chunk], error: BaseException) -> None:
     for chunk in chunks:
         if not chunk.future.done():
             chunk.future.set_exception(error)
+
+
+def _expire(chunks: Iterable[_Chunk]) -> None:
+    _fail(chunks, DeadlineExceeded("deadline passed while queued or computing"))

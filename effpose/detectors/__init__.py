@@ -9,10 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from effpose.detectors.base import Detection, PersonDetector
-from effpose.detectors.letterbox import Letterbox, letterbox
-from effpose.detectors.onnx_detector import OnnxDetector, preprocess
+from effpose.detectors.onnx_detector import (
+    Letterbox,
+    OnnxDetector,
+    decode_boxes,
+    decode_yolov8,
+    decode_yolox,
+    guess_layout,
+    letterbox,
+    preprocess,
+)
 from effpose.detectors.whole_image import WholeImageDetector
-from effpose.detectors.yolo_decode import decode_boxes, decode_yolov8, decode_yolox, guess_layout
 from effpose.processing.boxes import box_iou, nms
 
 DETECTOR_KINDS: tuple[str, ...] = ("onnx", "whole-image")
