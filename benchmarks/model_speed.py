@@ -54,9 +54,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+from cpuinfo import get_cpu_info
 
 from effpose.export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from effpose.machine import cpu_model
 from effpose.model import build_model, measure_complexity
 
 INPUT_SIZE = (192, 256)  # (width, height)
@@ -373,7 +373,7 @@ def report(args: argparse.Namespace, peak: dict[str, Any], measurements: list[Me
     """Everything the run measured, with the machine and library versions."""
     return {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
+        "cpu_model": get_cpu_info()["brand_raw"],
         "threads": args.threads,
         "cpus_available": len(os.sched_getaffinity(0)),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -539,7 +539,7 @@ def op_times_table(times: dict[str, dict[str, float]]) -> str:
 
 def int8_main(args: argparse.Namespace) -> None:
     """Time fp32 vs int8 (pose per crop, detector per image), profile op types, print tables, write JSON."""
-    print(f"{cpu_model()}, {args.threads} threads", flush=True)
+    print(f"{get_cpu_info()['brand_raw']}, {args.threads} threads", flush=True)
     with tempfile.TemporaryDirectory(prefix="effpose-int8-") as workdir:
         models = int8_models(args, Path(workdir))
         cases = [case for name, (fp32, int8, batches) in models.items()
@@ -553,7 +553,8 @@ def int8_main(args: argparse.Namespace) -> None:
     print("\nKernel time per call of each op type (ONNX Runtime profiler)\n")
     print(op_times_table(op_times))
     result = {
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpu_model": cpu_model(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": get_cpu_info()["brand_raw"],
         "threads": args.threads, "cpus_available": len(os.sched_getaffinity(0)),
         "versions": {"python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__},
         "seconds_per_case": args.seconds, "models": files,
@@ -577,7 +578,7 @@ def main(argv: list[str] | None = None) -> None:
         int8_main(args)
         return
     torch.set_num_threads(args.threads)
-    print(f"{cpu_model()}, {args.threads} threads", flush=True)
+    print(f"{get_cpu_info()['brand_raw']}, {args.threads} threads", flush=True)
     rates_before = matmul_rates(args.threads, args.seconds)
     print(f"float32 matmul GFLOP/s before the models: {format_rates(rates_before)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="effpose-speed-") as workdir:

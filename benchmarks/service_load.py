@@ -76,8 +76,8 @@ import cv2
 import grpc
 import httpx
 import numpy as np
+from cpuinfo import get_cpu_info
 
-from effpose.machine import cpu_model
 from effpose.v1 import pose_pb2, pose_pb2_grpc
 from service.core import InferenceCore, PoseRequest
 from service.errors import ServiceError
@@ -826,7 +826,8 @@ def batching_table(on: list[dict[str, Any]], off: list[dict[str, Any]]) -> str:
 # --- machine and report ---------------------------------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    return {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "cpus_available": len(os.sched_getaffinity(0)),
+    return {"cpu_model": get_cpu_info()["brand_raw"], "cpus": os.cpu_count(),
+            "cpus_available": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),
             "versions": {"python": platform.python_version(),
                          **{name: version(name) for name in ("onnxruntime", "fastapi", "uvicorn", "grpcio", "httpx")}}}
@@ -903,8 +904,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                      "boxes_per_image": args.boxes, "expected_persons": workload.expected_persons},
         "servers": {}, "closed_loop": [], "open_loop": [], "batching_off": [], "in_process": [],
     }
-    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; {len(workload)} images",
-          file=sys.stderr, flush=True)
+    print(f"{get_cpu_info()['brand_raw']}, {os.cpu_count()} CPUs, load average {os.getloadavg()}; "
+          f"{len(workload)} images", file=sys.stderr, flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="effpose-load-") as log_dir:
         await run_parts(args, workload, report, Path(log_dir))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from cards import read_history, write_card
+from cpuinfo import get_cpu_info
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
@@ -33,7 +34,6 @@ from effpose.detector_training.model import load_detector
 from effpose.detectors import OnnxDetector
 from effpose.detectors.onnx_detector import write_score_threshold
 from effpose.evaluation.detection import calibrate_detector, evaluate_detector
-from effpose.machine import cpu_model
 from effpose.model import measure_complexity
 
 CARD_METRICS = ("AP", "AP50", "AP75", "AR", "ms_median", "ms_p90")
@@ -78,7 +78,7 @@ def training_summary(config: DetectorConfig, history: list[dict], best_epoch: in
         "cpu_hours": round(last["cpu_hours"], 2) if "cpu_hours" in last else None,
         "train_hours": round(last.get("wall_hours", sum(h["train_seconds"] + h["val_seconds"] for h in history)
                                       / 3600), 2),
-        "hardware": f"{cpu_model()}, {last.get('threads', torch.get_num_threads())} threads, "
+        "hardware": f"{get_cpu_info()['brand_raw']}, {last.get('threads', torch.get_num_threads())} threads, "
                     f"{'GPU' if last.get('device') == 'cuda' else 'CPU only'} (torch {torch.__version__})",
         **({"note": note} if note else {}),
     }

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from cards import write_card
+from cpuinfo import get_cpu_info
 
 from effpose import __version__
 from effpose.assets import ASSETS_DIR
 from effpose.evaluation import evaluate, load_estimator
 from effpose.export import check_parity, export_onnx
-from effpose.machine import cpu_model
 from effpose.model import load_checkpoint, measure_complexity
 from effpose.training.config import TrainConfig
 
@@ -68,7 +68,7 @@ def training_summary(config: TrainConfig, record: dict, note: str) -> dict:
         "crops_seen": record.get("crops_seen"),
         "cpu_hours": round(record["cpu_hours"], 2) if "cpu_hours" in record else None,
         "wall_hours": round(record["wall_hours"], 2) if "wall_hours" in record else None,
-        "hardware": f"{cpu_model()}, {devices} (torch {torch.__version__})",
+        "hardware": f"{get_cpu_info()['brand_raw']}, {devices} (torch {torch.__version__})",
         "note": note,
     }
 
