@@ -326,12 +326,13 @@ def pose_document(result: PoseResult, core: InferenceCore, keypoint_threshold: f
     )
 
 
-def inference_core(request: Request) -> InferenceCore:
-    """Dependency: the inference core, handed to every request by the app's :func:`serving` lifespan."""
+async def inference_core(request: Request) -> InferenceCore:
+    """Dependency: the inference core, handed to every request by the app's :func:`serving` lifespan (``async``
+    like every dependency here: FastAPI would run a plain function in its thread pool, a thread hop per request)."""
     return request.state.core
 
 
-def admission_ticket(request: Request) -> Ticket:
+async def admission_ticket(request: Request) -> Ticket:
     """Dependency: the request's admission ticket, given by :class:`AdmissionMiddleware` before the body was read."""
     return getattr(request.state, TICKET)
 
