@@ -20,6 +20,10 @@ from effpose.processing import crop_person, crop_to_tensor, decode_heatmaps, hea
 from effpose.processing.heatmap import DecodeMethod
 
 
+class NotAPoseModel(ValueError):
+    """An ONNX file whose metadata says it is another kind of model (e.g. a person detector)."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What an exported model says about itself (ONNX metadata written by ``effpose.export``): who it is and its
@@ -32,8 +36,11 @@ class ModelInfo:
 
     @classmethod
     def from_session(cls, session: ort.InferenceSession) -> ModelInfo:
-        """Read the metadata; foreign ONNX files get the default contract at their input's size."""
+        """Read the metadata; foreign ONNX files get the default contract at their input's size. A file that says
+        it is another kind of model (``effpose.kind``, e.g. ``person_detector``) raises :class:`NotAPoseModel`."""
         meta = session.get_modelmeta().custom_metadata_map
+        if meta.get("effpose.kind", "pose") != "pose":
+            raise NotAPoseModel(f"this ONNX file is a {meta['effpose.kind']} model, not a pose model")
         return cls(name=meta.get("effpose.name", "unknown"), version=meta.get("effpose.version", "unknown"),
                    weights=meta.get("effpose.weights", "unknown"),
                    contract=PoseContract.from_metadata(meta, session.get_inputs()[0].shape))

@@ -3,10 +3,11 @@
 :class:`WorkAdmission` decides, in microseconds and before a request's body is read or its image decoded, whether
 it can finish in time: the service's cost per request is measured as busy seconds per completed request (the
 inverse of its throughput while it has work, over the last answers), so a new request is expected to
-finish after ``(in_flight + 1) * cost`` seconds, times a calibration learnt from the latencies really seen. It is refused at once (429, with ``Retry-After`` the time the work
-ahead needs to shrink enough) when that exceeds its deadline or the service's latency target, whichever is sooner:
-queueing stays bounded, as in Envoy's adaptive concurrency filter or Netflix's concurrency-limits, instead of
-timing out late after decode and detection have already been spent on it.
+finish after ``(in_flight + 1) * cost`` seconds, times a calibration learnt from the latencies really seen. It is
+refused at once (429, with ``Retry-After`` the time the work ahead needs to shrink enough) when that exceeds its
+deadline or the service's latency target, whichever is sooner: queueing stays bounded, as in Envoy's adaptive
+concurrency filter or Netflix's concurrency-limits, instead of timing out late after decode and detection have
+already been spent on it.
 
 :class:`PixelBudget` bounds the pixels decoded at once: a request waits (in arrival order, until its deadline) for
 room for its image's pixels, read from the header before decoding, so that memory stays within the budget whatever

@@ -1,9 +1,10 @@
 """The inference core shared by the REST and gRPC frontends.
 
-admission (by the work in flight) -> image header -> pixel budget -> bounded decode (large JPEGs reduced) ->
-detector stage (or client boxes, clipped to the image) -> affine crops -> dynamic batcher -> pose model ->
-keypoints in original-image pixels. CPU work (decode, detection, cropping, heatmap decoding, rendering) runs in a
-thread pool and model work in the batcher's thread, so the event loop only coordinates and answers at once.
+admission (by the work in flight) -> the requested model -> image header -> pixel budget -> bounded decode (large
+JPEGs reduced) -> detector stage (or client boxes, clipped to the image) -> affine crops -> the model's dynamic
+batcher -> pose model -> keypoints in original-image pixels. CPU work (decode, detection, cropping, heatmap
+decoding, rendering) runs in a thread pool and model work in the batchers' threads, so the event loop only
+coordinates and answers at once.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import numpy as np
 from effpose.detectors import PersonDetector, build_detector
 from effpose.draw import draw_poses
 from effpose.pipeline import PersonPose, PreparedImage, TopDownPipeline
-from effpose.runtime import ModelInfo, PoseEstimator
+from effpose.runtime import NotAPoseModel, PoseEstimator
 from service.admission import PixelBudget, Ticket, WorkAdmission
 from service.batcher import BatchStats, DynamicBatcher
 from service.errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
 from service.imaging import DecodedImage, decode_image, encode_image, probe_image
 from service.metrics import ServiceMetrics
+from service.models import ServedModel, ServedModels, model_files
 from service.settings import Settings
 from service.threads import lower_current_thread, lowering_new_threads
 
@@ -46,6 +48,8 @@ class PoseRequest:
     flip: bool | None = None
     timeout_s: float | None = None
     request_id: str | None = None
+    model: str | None = None  # a served model's name; None: the default model
+    model_version: str | None = None  # when given, the model's version must be this
 
 
 @dataclass
@@ -57,6 +61,7 @@ class PoseResult:
     height: int
     persons: list[PersonPose]
     timings_ms: dict[str, float]
+    model: ServedModel = field(repr=False)  # the model that answered
     image: DecodedImage = field(repr=False)  # the decoded image (upright, maybe reduced), for rendering
 
 
@@ -111,43 +116,56 @@ def keypoints_to_original(keypoints: np.ndarray, image: DecodedImage) -> np.ndar
 
 
 class InferenceCore:
-    """Pose model, detector stage and batcher behind :meth:`admit` and the ``estimate`` coroutine."""
+    """Pose models (:mod:`service.models`), detector stage and batchers behind :meth:`admit` and the ``estimate``
+    coroutine. The admission, the pixel budget and the CPU pool are shared by all models."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None):
         self.settings = settings
         self.metrics = metrics or ServiceMetrics()
         nice = settings.worker_niceness
-        self.estimator = lowering_new_threads(nice, lambda: PoseEstimator(
-            settings.pose_model, providers=settings.providers, intra_op_threads=settings.threads,
-            decode=settings.decode))
         self.detector: PersonDetector = lowering_new_threads(nice, lambda: build_detector(
             settings.detector_kind, settings.detector_model, layout=settings.detector_layout, nms_iou=settings.nms_iou,
             providers=settings.providers, intra_op_threads=settings.threads,
         ))
-        self.pipeline = TopDownPipeline(self.estimator, self.detector)
-        self.batcher = DynamicBatcher(
-            self.pipeline.run, max_batch_size=settings.max_batch_size,
-            max_queue_delay_s=settings.max_queue_delay_ms / 1000.0, max_queue_length=settings.max_queue_length,
-            enabled=settings.batching, on_batch=self._record_batch, thread_initializer=lower_current_thread(nice),
-        )
+        self.models = ServedModels(self._load_models(), settings.default_model, settings.pose_model)
         self.admission = WorkAdmission(settings.latency_target_s, settings.max_in_flight)
         self.pixels = PixelBudget(settings.pixel_budget)
         self._cpu = ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="effpose-cpu",
                                        initializer=lower_current_thread(nice))
         self.ready = False
         self.draining = False
-        self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.metrics.queue_depth.set_function(lambda: sum(model.batcher.depth for model in self.models))
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self.metrics.decoded_pixels.set_function(lambda: self.pixels.used)
         self.metrics.request_cost.set_function(lambda: self.admission.cost_s)
         self.metrics.admission_calibration.set_function(lambda: self.admission.calibration)
-        self.metrics.model.info({"pose_model": self.info.name, "pose_version": self.info.version,
-                                 "pose_weights": self.info.weights, "detector": self.detector.name})
+        default = self.models.default
+        self.metrics.model.info({"pose_model": default.name, "pose_version": default.version,
+                                 "pose_weights": default.info.weights, "models": ",".join(m.name for m in self.models),
+                                 "detector": self.detector.name})
 
-    @property
-    def info(self) -> ModelInfo:
-        """Metadata of the served pose model."""
-        return self.estimator.info
+    def _load_models(self) -> list[ServedModel]:
+        """A pipeline and a batcher for every model file (:func:`~service.models.model_files`); a repository's
+        files that are not pose models (its person detector) are skipped."""
+        settings, nice = self.settings, self.settings.worker_niceness
+        models = []
+        for name, path in model_files(settings).items():
+            try:
+                estimator = lowering_new_threads(nice, lambda: PoseEstimator(
+                    path, providers=settings.providers, intra_op_threads=settings.threads, decode=settings.decode))
+            except NotAPoseModel as error:
+                if settings.model_repository is None:
+                    raise ValueError(f"{path}: {error}") from error
+                log.info("model repository: skipping %s (%s)", path.name, error)
+                continue
+            pipeline = TopDownPipeline(estimator, self.detector)
+            batcher = DynamicBatcher(
+                pipeline.run, max_batch_size=settings.max_batch_size,
+                max_queue_delay_s=settings.max_queue_delay_ms / 1000.0, max_queue_length=settings.max_queue_length,
+                enabled=settings.batching, on_batch=self._record_batch, thread_initializer=lower_current_thread(nice),
+            )
+            models.append(ServedModel(name, path, pipeline, batcher))
+        return models
 
     @property
     def in_flight(self) -> int:
@@ -155,25 +173,31 @@ class InferenceCore:
         return self.admission.in_flight
 
     async def start(self) -> None:
-        """Start the batcher and warm the models up (first ONNX Runtime calls allocate); then ready.
+        """Start the batchers and warm the models up (first ONNX Runtime calls allocate); then ready.
 
-        The second warm-up round is timed: it seeds the admission's cost per request until real ones are measured.
+        The second warm-up round is timed: the slowest model's seeds the admission's cost per request until real
+        ones are measured.
         """
-        self.batcher.start()
-        width, height = self.info.input_size
-        blank = np.zeros((max(height, 64), max(width, 64), 3), np.uint8)
-        for _ in range(2):
-            started = time.perf_counter()
-            await self._in_cpu(self.detector.detect, blank, 1.0, 1)
-            await self.batcher.submit(np.zeros((1, 3, height, width), np.float32), time.monotonic() + 60.0)
-        self.admission.record_solo_cost(time.perf_counter() - started)
+        solo_cost = 0.0
+        for model in self.models:
+            model.batcher.start()
+            width, height = model.info.input_size
+            blank = np.zeros((max(height, 64), max(width, 64), 3), np.uint8)
+            for _ in range(2):
+                started = time.perf_counter()
+                await self._in_cpu(self.detector.detect, blank, 1.0, 1)
+                await model.batcher.submit(np.zeros((1, 3, height, width), np.float32), time.monotonic() + 60.0)
+            solo_cost = max(solo_cost, time.perf_counter() - started)
+        self.admission.record_solo_cost(solo_cost)
         self.ready = True
-        log.info("inference core ready: pose %s %s, detector %s", self.info.name, self.info.version, self.detector.name)
+        log.info("inference core ready: pose %s (default %s), detector %s",
+                 ", ".join(f"{m.name} {m.version}" for m in self.models), self.models.default.name, self.detector.name)
 
     async def stop(self) -> None:
-        """Stop the batcher and the CPU pool (after :meth:`drain`)."""
+        """Stop the batchers and the CPU pool (after :meth:`drain`)."""
         self.ready = False
-        await self.batcher.stop()
+        for model in self.models:
+            await model.batcher.stop()
         self._cpu.shutdown(wait=True)
 
     def begin_drain(self) -> None:
@@ -231,6 +255,7 @@ class InferenceCore:
 
     async def _estimate(self, request: PoseRequest, deadline: float) -> PoseResult:
         started = time.perf_counter()
+        model = self.models.get(request.model, request.model_version)
         det_threshold, max_persons, flip = self._options(request)
         timings: dict[str, float] = {}
 
@@ -238,12 +263,14 @@ class InferenceCore:
         await self.pixels.acquire(header.decoded_pixels, deadline)
         try:
             self._check_deadline(deadline)
-            image, prepared = await self._in_cpu(self._cpu_stage, request, det_threshold, max_persons, flip, timings)
+            image, prepared = await self._in_cpu(self._cpu_stage, model.pipeline, request, det_threshold,
+                                                 max_persons, flip, timings)
             self._check_deadline(deadline)
             clock = time.perf_counter()
-            heatmaps, queue_s = (await self.batcher.submit(prepared.tensor, deadline) if len(prepared)
+            heatmaps, queue_s = (await model.batcher.submit(prepared.tensor, deadline) if len(prepared)
                                  else (prepared.tensor, 0.0))
-            persons = await self._in_cpu(self._finish, prepared, heatmaps, image) if len(prepared) else []
+            persons = (await self._in_cpu(self._finish, model.pipeline, prepared, heatmaps, image) if len(prepared)
+                       else [])
         finally:
             self.pixels.release(header.decoded_pixels)
         timings["queue"] = queue_s * 1000.0
@@ -251,7 +278,8 @@ class InferenceCore:
         timings["total"] = _ms_since(started)
         self.metrics.observe_stages(timings)
         self.metrics.persons.observe(len(persons))
-        return PoseResult(request.request_id or uuid.uuid4().hex, image.width, image.height, persons, timings, image)
+        return PoseResult(request.request_id or uuid.uuid4().hex, image.width, image.height, persons, timings, model,
+                          image)
 
     def _options(self, request: PoseRequest) -> tuple[float, int, bool]:
         """The request's detector threshold, person cap and flip test, defaults filled in and checked."""
@@ -266,8 +294,8 @@ class InferenceCore:
                              field="max_persons")
         return det_threshold, max_persons, settings.flip if request.flip is None else request.flip
 
-    def _cpu_stage(self, request: PoseRequest, det_threshold: float, max_persons: int, flip: bool,
-                   timings: dict[str, float]) -> tuple[DecodedImage, PreparedImage]:
+    def _cpu_stage(self, pipeline: TopDownPipeline, request: PoseRequest, det_threshold: float, max_persons: int,
+                   flip: bool, timings: dict[str, float]) -> tuple[DecodedImage, PreparedImage]:
         """Everything before the model, in one trip to the CPU pool: decode, the boxes (the client's, clipped to
         the image, or the detector's), the crops. Boxes and crops are in the pixels of the decoded image."""
         clock = time.perf_counter()
@@ -278,18 +306,20 @@ class InferenceCore:
             client = validate_boxes(request.boxes, image.width, image.height, self.settings.max_client_boxes)
             boxes, scores, source = boxes_to_decoded(client, image), np.ones(len(client)), "client"
         else:
-            (boxes, scores), source = self.pipeline.locate(image.pixels, det_threshold, max_persons), "detector"
+            (boxes, scores), source = pipeline.locate(image.pixels, det_threshold, max_persons), "detector"
         timings["detect"] = _ms_since(clock)
         clock = time.perf_counter()
-        prepared = self.pipeline.prepare(image.pixels, boxes, scores, flip=flip, source=source)
+        prepared = pipeline.prepare(image.pixels, boxes, scores, flip=flip, source=source)
         timings["pose"] = _ms_since(clock)
         return image, prepared
 
-    def _finish(self, prepared: PreparedImage, heatmaps: np.ndarray, image: DecodedImage) -> list[PersonPose]:
+    @staticmethod
+    def _finish(pipeline: TopDownPipeline, prepared: PreparedImage, heatmaps: np.ndarray,
+                image: DecodedImage) -> list[PersonPose]:
         """The persons, boxes and keypoints mapped from the decoded image's pixels to the original image's."""
         return [replace(person, box=boxes_to_original(person.box, image),
                         keypoints=keypoints_to_original(person.keypoints, image))
-                for person in self.pipeline.finish(prepared, heatmaps)]
+                for person in pipeline.finish(prepared, heatmaps)]
 
     async def render(self, result: PoseResult, keypoint_threshold: float, fmt: str) -> bytes:
         """The image with the result's skeletons drawn, encoded as ``png`` or ``jpeg`` (in the CPU pool).

@@ -42,6 +42,12 @@ class NotAnImage(ServiceError):
     http_status, grpc_code, reason, field = 415, "INVALID_ARGUMENT", "not_an_image", "image"
 
 
+class ModelNotFound(ServiceError):
+    """A request names a model (or version) the service does not serve."""
+
+    http_status, grpc_code, reason, field = 404, "NOT_FOUND", "model_not_found", "model"
+
+
 class TooLarge(ServiceError):
     """A body over the byte limit or an image over the pixel limit."""
 

@@ -10,10 +10,10 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 import effpose
-from effpose.runtime import ModelInfo
 from effpose.v1 import pose_pb2
 from service.core import PoseRequest, PoseResult
 from service.errors import NotAnImage, ServiceError
+from service.models import ServedModel
 
 ERROR_DOMAIN = "effpose"  # google.rpc.ErrorInfo.domain of every error this service answers
 
@@ -30,13 +30,15 @@ def pose_request(message: pose_pb2.EstimateRequest, timeout_s: float | None) -> 
         flip=message.flip if message.HasField("flip") else None,
         timeout_s=timeout_s,
         request_id=message.request_id or None,
+        model=message.model or None,
+        model_version=message.model_version or None,
     )
 
 
-def estimate_response(
-    result: PoseResult, model: pose_pb2.ModelRef, keypoint_names: Sequence[str], track_ids: Sequence[int] = ()
-) -> pose_pb2.EstimateResponse:
+def estimate_response(result: PoseResult, detector: str, track_ids: Sequence[int] = ()) -> pose_pb2.EstimateResponse:
     """The ``EstimateResponse`` of a core result; ``track_ids`` (one per person) when the stream tracks persons."""
+    keypoint_names = result.model.info.keypoint_names
+    model = pose_pb2.ModelRef(name=result.model.name, version=result.model.version, detector=detector)
     persons = []
     for index, person in enumerate(result.persons):
         x1, y1, x2, y2 = (float(v) for v in person.box)
@@ -53,11 +55,12 @@ def estimate_response(
                                      height=result.height, persons=persons, timings_ms=result.timings_ms)
 
 
-def model_description(info: ModelInfo, detector: str) -> pose_pb2.ModelDescription:
-    """What ``GetModel`` answers: the pose model's metadata, the detector and the package version."""
+def model_description(model: ServedModel, detector: str) -> pose_pb2.ModelDescription:
+    """What ``GetModel`` answers: a served pose model's metadata, the detector and the package version."""
+    info = model.info
     width, height = info.input_size
     return pose_pb2.ModelDescription(
-        name=info.name, version=info.version, weights=info.weights, detector=detector,
+        name=model.name, architecture=info.name, version=info.version, weights=info.weights, detector=detector,
         input_width=width, input_height=height, keypoint_names=list(info.keypoint_names),
         skeleton=[pose_pb2.Edge(a=a, b=b) for a, b in info.skeleton], service_version=effpose.__version__,
     )

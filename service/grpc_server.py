@@ -49,7 +49,6 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
         self.core = core
         self.settings = settings
         self.metrics = metrics
-        self.model = pose_pb2.ModelRef(name=core.info.name, version=core.info.version, detector=core.detector.name)
 
     async def Estimate(
         self, request: pose_pb2.EstimateRequest, context: grpc.aio.ServicerContext
@@ -83,15 +82,31 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
     async def GetModel(
         self, request: pose_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pose_pb2.ModelDescription:
-        """Metadata of the served model and detector."""
-        self._record("GetModel", "OK", time.monotonic())
-        return model_description(self.core.info, self.core.detector.name)
+        """Metadata of a served model (the default when the request names none) and the detector."""
+        started = time.monotonic()
+        try:
+            model = self.core.models.get(request.model, request.model_version)
+        except ServiceError as error:
+            self._record("GetModel", error.grpc_code, started)
+            await context.abort_with_status(rpc_status.to_status(rich_status(error)))
+        self._record("GetModel", "OK", started)
+        return model_description(model, self.core.detector.name)
+
+    async def ListModels(
+        self, request: pose_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pose_pb2.ListModelsResponse:
+        """Every served pose model and the name of the default one."""
+        self._record("ListModels", "OK", time.monotonic())
+        return pose_pb2.ListModelsResponse(
+            models=[model_description(model, self.core.detector.name) for model in self.core.models],
+            default_model=self.core.models.default.name)
 
     async def _run_frame(self, context: grpc.aio.ServicerContext, item: _Received) -> _FrameOutcome:
         """Estimate one frame; its deadline is the service default, cut short by the stream's deadline."""
         frame, received = item
         remaining = context.time_remaining()
-        timeout = self.settings.request_timeout_s if remaining is None else min(remaining, self.settings.request_timeout_s)
+        timeout = self.settings.request_timeout_s if remaining is None else min(remaining,
+                                                                                 self.settings.request_timeout_s)
         try:
             return frame, received, await self.core.estimate(pose_request(frame.request, timeout))
         except ServiceError as error:
@@ -120,7 +135,7 @@ class PoseServicer(pose_pb2_grpc.PoseServiceServicer):
         return pose_pb2.FrameResult(frame_id=frame.frame_id, error=rich_status(error, parent))
 
     def _response(self, result: PoseResult, track_ids: list[int] | None = None) -> pose_pb2.EstimateResponse:
-        return estimate_response(result, self.model, self.core.info.keypoint_names, track_ids or ())
+        return estimate_response(result, self.core.detector.name, track_ids or ())
 
     def _record(self, method: str, code: str, started: float) -> None:
         self.metrics.observe_answer(route(method), "grpc", code, time.monotonic() - started, code == "OK")

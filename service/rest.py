@@ -44,6 +44,7 @@ from service.errors import (
     Unavailable,
 )
 from service.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
+from service.models import ServedModel
 from service.schemas import (
     MAX_TIMEOUT_MS,
     CocoResult,
@@ -314,10 +315,10 @@ async def estimate_until_done_or_gone(core: InferenceCore, request: Request, pos
 
 def pose_document(result: PoseResult, core: InferenceCore, keypoint_threshold: float) -> PoseResponse:
     """The JSON answer (``format=json``) of a core result."""
-    info = core.info
+    info = result.model.info
     return PoseResponse(
         request_id=result.request_id,
-        model=ModelRef(name=info.name, version=info.version, detector=core.detector.name),
+        model=ModelRef(name=result.model.name, version=result.model.version, detector=core.detector.name),
         image=ImageSize(width=result.width, height=result.height),
         keypoint_names=list(info.keypoint_names),
         skeleton=[list(pair) for pair in info.skeleton],
@@ -351,10 +352,10 @@ async def estimate_pose(request: Request, response: Response, params: Annotated[
                         ticket: AdmittedTicket) -> PoseResponse | list[CocoResult] | Response:
     """Every person's box and 17 keypoints in original-image pixels (after EXIF orientation)."""
     image, form_boxes = await read_image_body(request)
-    pose = PoseRequest(
+    pose = PoseRequest(  # the ticket carries the deadline
         image=image, boxes=params.boxes if form_boxes is None else parse_boxes_field(form_boxes),
         det_threshold=params.det_threshold, max_persons=params.max_persons, flip=params.flip,
-        request_id=request.headers.get("x-request-id"))  # the ticket carries the deadline
+        request_id=request.headers.get("x-request-id"), model=params.model, model_version=params.model_version)
     result = await estimate_until_done_or_gone(core, request, pose, ticket)
     if result is None:
         return Response(status_code=499)  # never delivered: the client is gone
@@ -370,12 +371,19 @@ async def estimate_pose(request: Request, response: Response, params: Annotated[
 
 @pose_router.get("/v1/models", response_model=ModelsResponse)
 async def models(core: Core) -> ModelsResponse:
-    """The served models: pose model metadata (keypoint names, skeleton, input size, versions) and detector."""
-    info = core.info
+    """The served models: every pose model's metadata (keypoint names, skeleton, input size, versions), the default
+    one, and the detector."""
+    return ModelsResponse(effpose_version=__version__, detector=core.detector.name,
+                          pose=pose_model_info(core.models.default), models=[pose_model_info(m) for m in core.models])
+
+
+def pose_model_info(model: ServedModel) -> PoseModelInfo:
+    """The description of one served pose model."""
+    info = model.info
     width, height = info.input_size
-    return ModelsResponse(effpose_version=__version__, detector=core.detector.name, pose=PoseModelInfo(
-        name=info.name, version=info.version, weights=info.weights, input_size=ImageSize(width=width, height=height),
-        keypoint_names=list(info.keypoint_names), skeleton=[list(pair) for pair in info.skeleton]))
+    return PoseModelInfo(name=model.name, architecture=info.name, version=info.version, weights=info.weights,
+                         input_size=ImageSize(width=width, height=height), keypoint_names=list(info.keypoint_names),
+                         skeleton=[list(pair) for pair in info.skeleton])
 
 
 @operations_router.get("/healthz", response_model=StatusResponse)

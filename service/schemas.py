@@ -30,6 +30,10 @@ class PoseParams(BaseModel):
     format: Literal["json", "coco"] = Field("json", description="coco: a COCO keypoint results list")
     image_id: int = Field(0, description="image_id written into format=coco results")
     render: Literal["none", "png", "jpeg"] = Field("none", description="return the image with skeletons drawn")
+    model: str | None = Field(None, max_length=200, description="a served pose model's name (GET /v1/models); "
+                                                                "default: the default model")
+    model_version: str | None = Field(None, max_length=200, description="when given, the model's version must be "
+                                                                        "this (else 404)")
     timeout_ms: float | None = Field(None, gt=0, le=MAX_TIMEOUT_MS, description="deadline of this request")
 
     @field_validator("boxes", mode="before")
@@ -103,7 +107,8 @@ class PoseResponse(BaseModel):
 
 
 class PoseModelInfo(BaseModel):
-    name: str
+    name: str = Field(description="the served name: its ONNX file name without .onnx; requests choose it by this")
+    architecture: str = Field(description="the network, e.g. efficientpose_a")
     version: str
     weights: str
     input_size: ImageSize
@@ -113,7 +118,8 @@ class PoseModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     effpose_version: str
-    pose: PoseModelInfo
+    pose: PoseModelInfo = Field(description="the default model (requests that name none)")
+    models: list[PoseModelInfo] = Field(description="every served pose model, the default included")
     detector: str
 
 

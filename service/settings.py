@@ -23,7 +23,15 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535)
 
     # Models
-    pose_model: Path = DEFAULT_POSE_MODEL
+    pose_model: Path = Field(DEFAULT_POSE_MODEL, description="the pose model, served alone unless model_repository "
+                                                             "is set; also the default model of a repository that "
+                                                             "holds it")
+    model_repository: Path | None = Field(None, description="folder of pose models (ONNX files with their cards) to "
+                                                            "serve at once; requests choose one by name (the file "
+                                                            "name without .onnx). Detector files there are skipped")
+    models: list[str] | None = Field(None, description="serve only these models of the repository (JSON list)")
+    default_model: str | None = Field(None, description="the model of requests that name none; default: pose_model's "
+                                                        "when served, else the first name in order")
     providers: str = Field("cpu", description="cpu, cuda or auto")
     threads: int = Field(default_factory=available_cpus, ge=1, description="ONNX Runtime intra-op threads per model")
     flip: bool = Field(False, description="flip test by default (requests may override)")
@@ -89,6 +97,12 @@ class Settings(BaseSettings):
         if self.pixel_budget < self.max_image_pixels:
             raise ValueError(f"EFFPOSE_PIXEL_BUDGET ({self.pixel_budget}) must be at least EFFPOSE_MAX_IMAGE_PIXELS "
                              f"({self.max_image_pixels}), or the largest images could never be decoded")
+        return self
+
+    @model_validator(mode="after")
+    def _models_need_a_repository(self) -> Settings:
+        if self.models is not None and self.model_repository is None:
+            raise ValueError("EFFPOSE_MODELS selects models of EFFPOSE_MODEL_REPOSITORY, which is not set")
         return self
 
     @property

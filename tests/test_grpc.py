@@ -144,7 +144,7 @@ def test_estimate_real_image(server: GrpcServer, stub: pose_pb2_grpc.PoseService
     [person] = response.persons
     assert person.source == "client" and person.box_score == 1.0
     assert [k.name for k in person.keypoints] == list(KEYPOINT_NAMES)
-    assert (response.model.name, response.model.detector) == (server.core.info.name, "whole-image")
+    assert (response.model.name, response.model.detector) == (server.core.models.default.name, "whole-image")
     assert {"decode", "detect", "pose", "total"} <= set(response.timings_ms)
     keypoints = points(person)
     width, height = box[2] - box[0], box[3] - box[1]  # inside the padded crop around the box

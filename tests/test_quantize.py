@@ -137,7 +137,7 @@ def test_the_service_loads_int8_models_from_its_settings(int8_pose: tuple[Path, 
     monkeypatch.setenv("EFFPOSE_DETECTOR_MODEL", str(int8_detector[0]))
     monkeypatch.setenv("EFFPOSE_THREADS", "1")
     core = InferenceCore(Settings())
-    assert core.estimator.info == PoseEstimator(default_pose_model(), intra_op_threads=1).info
+    assert core.models.default.info == PoseEstimator(default_pose_model(), intra_op_threads=1).info
     assert core.detector.default_threshold == OnnxDetector(default_person_detector()).default_threshold
 
 

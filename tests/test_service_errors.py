@@ -116,7 +116,7 @@ def test_an_unexpected_error_is_a_500_envelope_and_keeps_the_connection(service:
     def broken(*_: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(service.service.core.estimator, "prepare", broken)
+    monkeypatch.setattr(service.service.core.models.default.pipeline.estimator, "prepare", broken)
     connection = http.client.HTTPConnection("127.0.0.1", service.service.http_port, timeout=30)
     try:
         connection.request("POST", "/v1/pose", body=JPEG, headers={"content-type": "image/jpeg"})
