@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -240,8 +240,26 @@ class InferenceCore:
         Without a ``ticket`` the request is admitted first (see :meth:`admit`); the ticket is released when done.
         """
         ticket = ticket or self.admit(request.timeout_s)
+        return await self._admitted(ticket, self._estimate(request, ticket.deadline))
+
+    async def run_network(self, model: ServedModel, crops: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """A served model's raw output (heatmaps) for a batch of normalised crops (B, 3, H, W) float32, computed in
+        the model's batches; admitted like :meth:`estimate` (``timeout_s`` defaults to the request timeout)."""
+        limit = self.settings.max_client_boxes
+        if len(crops) > limit:
+            raise BadRequest(f"{len(crops)} crops sent; at most {limit} per request", field="input")
+        ticket = self.admit(timeout_s)
+        if not len(crops):
+            return await self._admitted(ticket, self._in_cpu(model.pipeline.run, crops))
+        work = model.batcher.submit(np.ascontiguousarray(crops, np.float32), ticket.deadline)
+        heatmaps, _ = await self._admitted(ticket, work)
+        return heatmaps
+
+    async def _admitted(self, ticket: Ticket, work: Awaitable[T]) -> T:
+        """Await ``work`` under ``ticket`` (released when done, as a success when it is) and count refusals and
+        cancellations."""
         try:
-            result = await self._estimate(request, ticket.deadline)
+            result = await work
             ticket.release(succeeded=True)
             return result
         except ServiceError as error:

@@ -30,6 +30,7 @@ from service.grpc_messages import estimate_response, model_description, pose_req
 from service.grpc_stream import StreamSmoother, ordered_window
 from service.metrics import ServiceMetrics
 from service.settings import Settings
+from service.v2_grpc import InferenceServicer, add_inference_service
 
 SERVICE_NAME = pose_pb2.DESCRIPTOR.services_by_name["PoseService"].full_name  # "effpose.v1.PoseService"
 
@@ -164,7 +165,8 @@ class GrpcHealth:
 def build_grpc_server(
     core: InferenceCore, settings: Settings, metrics: ServiceMetrics
 ) -> tuple[grpc.aio.Server, GrpcHealth]:
-    """A gRPC server (not started, no port bound) with PoseService, health checking and reflection, and its health.
+    """A gRPC server (not started, no port bound) with PoseService, the Open Inference Protocol's
+    GRPCInferenceService (:mod:`service.v2_grpc`), health checking and reflection, and its health.
 
     Build it on the event loop that will run it (grpc.aio binds the server to the loop it is created on). Messages
     may be as large as ``settings.max_body_bytes`` both ways (gRPC's own default is 4 MiB); larger requests are
@@ -178,6 +180,7 @@ def build_grpc_server(
     ])
     health = GrpcHealth()
     pose_pb2_grpc.add_PoseServiceServicer_to_server(PoseServicer(core, settings, metrics), server)
+    add_inference_service(InferenceServicer(core, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server)
     return server, health

@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from effpose import __version__
+from service import v2_rest
 from service.admission import Ticket, retry_after_header
 from service.core import InferenceCore, PoseRequest, PoseResult
 from service.errors import (
@@ -60,6 +61,7 @@ from service.schemas import (
     StatusResponse,
     parse_boxes_field,
 )
+from service.v2_models import V2Models
 
 log = logging.getLogger(__name__)
 POSE_PATH = "/v1/pose"
@@ -455,12 +457,14 @@ class AppState(TypedDict):
     """The lifespan state every request sees as ``request.state``."""
 
     core: InferenceCore
+    v2_models: V2Models
 
 
 @asynccontextmanager
 async def serving(core: InferenceCore, _: FastAPI) -> AsyncIterator[AppState]:
-    """The app's lifespan: while the HTTP server runs, every request gets ``core`` (see :func:`inference_core`)."""
-    yield {"core": core}
+    """The app's lifespan: while the HTTP server runs, every request gets ``core`` (see :func:`inference_core`)
+    and the Open Inference Protocol's models over it (:mod:`service.v2_rest`)."""
+    yield {"core": core, "v2_models": V2Models(core)}
 
 
 def create_app(core: InferenceCore) -> FastAPI:
@@ -473,7 +477,7 @@ def create_app(core: InferenceCore) -> FastAPI:
                   description="Human pose estimation: every person's box and 17 COCO keypoints. Every error answers "
                               '`{"error": {"reason", "message"}}`.',
                   lifespan=functools.partial(serving, core), exception_handlers=EXCEPTION_HANDLERS)
-    routers = (pose_router, operations_router)
+    routers = (pose_router, operations_router, v2_rest.router)
     for router in routers:
         app.include_router(router)
     app.openapi = lambda: app.openapi_schema or _cached_openapi(app)
