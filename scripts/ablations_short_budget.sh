@@ -8,13 +8,16 @@ config=configs/efficientpose_a_coco17.json
 epochs=${EPOCHS:-3}
 samples=${SAMPLES:-3200}
 out=${OUT:-runs/ablations}
-common=(--config "$config" --input 128x96 --epochs "$epochs" --samples-per-epoch "$samples" --weight-decay 0
-        --precise-bn-batches 10)
+run() {  # NAME [config overrides...]
+  local name=$1; shift
+  effpose train --config "$config" --out-dir "$out/$name" --cfg-options "input_size=[96,128]" "epochs=$epochs" \
+    "samples_per_epoch=$samples" weight_decay=0 precise_bn_batches=10 "$@"
+}
 
-effpose train "${common[@]}" --init lite0 --out-dir "$out/a_lite0"                       # the reference
-effpose train "${common[@]}" --init scratch --out-dir "$out/a_scratch"                   # FNA ImageNet start vs none
-effpose train "${common[@]}" --init lite0 --pseudo-weight 0 --out-dir "$out/a_no_pseudo" # without pseudo face labels
-effpose train "${common[@]}" --init lite0 --no-sic --out-dir "$out/a_no_sic"             # without SIC
+run a_lite0 init=lite0                          # the reference
+run a_scratch init=scratch                      # FNA ImageNet start vs none
+run a_no_pseudo init=lite0 pseudo_weight=0      # without pseudo face labels
+run a_no_sic init=lite0 sic=false               # without SIC
 if [[ $# -ge 1 ]]; then
-  effpose train "${common[@]}" --init lite0 --genotype "$1" --out-dir "$out/searched_lite0"  # the searched backbone
+  run searched_lite0 init=lite0 "arch=$1"       # the searched backbone
 fi

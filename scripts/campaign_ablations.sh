@@ -9,18 +9,17 @@
 set -euo pipefail
 start=${1:-checkpoints/efficientpose_a_coco17/last.pt}
 out=${2:-runs/ablations_campaign}
-common=(--config configs/campaign_a_128x96.json --init-checkpoint "$start" --samples-per-epoch 4800)
-base=(ema_decay=0 loss=mse sigma=2 augment=release)
+base=("init_checkpoint=$start" samples_per_epoch=4800 epochs=2 ema_decay=0 loss=mse sigma=2 augment=release)
 
-run() {  # NAME [overrides...]
+run() {  # NAME [config overrides...]
   local name=$1; shift
   [[ -f "$out/$name/model.onnx" ]] && return 0  # finished in an earlier call
-  effpose train "${common[@]}" --epochs 2 --out-dir "$out/$name" "$@" --cfg-options "${base[@]}" "${extra[@]}"
+  effpose train --config configs/campaign_a_128x96.json --out-dir "$out/$name" --cfg-options "${base[@]}" "$@"
 }
 
-extra=(); run base_128x96
-extra=(loss=fg_mse sigma=3); run fg_mse_sigma3_128x96
-extra=(augment=light); run light_augment_128x96
-extra=(); run no_sic_128x96 --no-sic
-extra=(); run base_256x192 --input 256x192 --epochs 1
-extra=(loss=fg_mse sigma=3 augment=light); run fg_mse_sigma3_light_128x96
+run base_128x96
+run fg_mse_sigma3_128x96 loss=fg_mse sigma=3
+run light_augment_128x96 augment=light
+run no_sic_128x96 sic=false
+run base_256x192 "input_size=[192,256]" epochs=1
+run fg_mse_sigma3_light_128x96 loss=fg_mse sigma=3 augment=light

@@ -9,14 +9,16 @@ set -euo pipefail
 config=configs/efficientpose_a_coco17.json
 
 # stages 0-2 used Adam's coupled L2 (1e-4), which the trainer no longer offers: AdamW's decoupled decay stands in
-effpose train --config "$config" --epochs 12 --weight-decay 0.0001 --out-dir runs/stage0_256x192  # stopped after 5 of 12
-effpose train --config "$config" --input 128x96 --epochs 18 --weight-decay 0.0001 --precise-bn-batches 10 \
-  --init-checkpoint runs/stage0_256x192/last.pt --out-dir runs/stage1_128x96
-effpose train --config "$config" --epochs 3 --lr 0.0005 --weight-decay 0.0001 --precise-bn-batches 10 \
-  --init-checkpoint runs/stage1_128x96/last.pt --out-dir runs/stage2_256x192
-effpose train --config "$config" --input 128x96 --epochs 20 --samples-per-epoch 12800 --weight-decay 0 \
-  --precise-bn-batches 10 --init-checkpoint runs/stage2_256x192/last.pt --out-dir runs/stage3_128x96
-effpose train --config "$config" --epochs 6 --lr 0.0005 --weight-decay 0 --precise-bn-batches 10 \
-  --init-checkpoint runs/stage3_128x96/best.pt --out-dir runs/stage4_256x192
+small="input_size=[96,128]"  # 128x96 crops (width, height)
+# stage 0 was stopped after 5 of its 12 epochs
+effpose train --config "$config" --out-dir runs/stage0_256x192 --cfg-options epochs=12 weight_decay=0.0001
+effpose train --config "$config" --out-dir runs/stage1_128x96 --cfg-options "$small" epochs=18 weight_decay=0.0001 \
+  precise_bn_batches=10 init_checkpoint=runs/stage0_256x192/last.pt
+effpose train --config "$config" --out-dir runs/stage2_256x192 --cfg-options epochs=3 lr=0.0005 weight_decay=0.0001 \
+  precise_bn_batches=10 init_checkpoint=runs/stage1_128x96/last.pt
+effpose train --config "$config" --out-dir runs/stage3_128x96 --cfg-options "$small" epochs=20 samples_per_epoch=12800 \
+  weight_decay=0 precise_bn_batches=10 init_checkpoint=runs/stage2_256x192/last.pt
+effpose train --config "$config" --out-dir runs/stage4_256x192 --cfg-options epochs=6 lr=0.0005 weight_decay=0 \
+  precise_bn_batches=10 init_checkpoint=runs/stage3_128x96/best.pt
 # (historical: the five stages were followed by the campaign, scripts/campaign_run.sh, which resumes their end)
 python scripts/release_model.py --run runs/stage4_256x192 --name efficientpose_a_coco17

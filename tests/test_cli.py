@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR
+from effpose.cli import build_parser, main
+from effpose.cli.training import detector_config, search_config, train_config
 from effpose.detectors import OnnxDetector
 from effpose.runtime import PoseEstimator
 
 EFFPOSE = shutil.which("effpose", path=str(Path(sys.executable).parent)) or "effpose"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -111,3 +114,60 @@ def test_predict_whole_image_and_errors(tmp_path, random_onnx_a) -> None:
     assert garbled.returncode == 2
     no_model = run("predict", str(photo), "--model", str(tmp_path / "none.onnx"))
     assert no_model.returncode == 2 and "not found" in no_model.stderr
+
+
+# The per-field flags the training commands had before ``--cfg-options`` took their place.
+REMOVED_FLAGS = {
+    "train": ["--epochs 3", "--batch-size 8", "--lr 0.1", "--workers 0", "--samples-per-epoch 8", "--seed 1",
+              "--max-steps-per-epoch 2", "--arch B", "--genotype g.json", "--init scratch", "--init-checkpoint a.pt",
+              "--input 128x96", "--precise-bn-batches 10", "--weight-decay 0", "--pseudo-weight 0", "--sic",
+              "--no-sic"],
+    "train-detector": ["--epochs 3", "--batch-size 8", "--arch B", "--init scratch", "--input 256"],
+    "search": ["--epochs 3", "--workers 0", "--space A", "--cost macs", "--lut t.json", "--target-cost 5",
+               "--lambda 0.1", "--input 128x96", "--warmup-epochs 1", "--arch-lr 0.05", "--init lite0"],
+}
+
+
+@pytest.mark.parametrize(("command", "flag"), [(c, f) for c, flags in REMOVED_FLAGS.items() for f in flags])
+def test_training_commands_refuse_the_per_field_flags(command: str, flag: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([command, *flag.split()])
+    assert exited.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_python_m_effpose_cli_runs_the_command_line() -> None:
+    result = subprocess.run([sys.executable, "-m", "effpose.cli", "train", "--epochs", "3"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "unrecognized arguments: --epochs 3" in result.stderr
+
+
+def test_cfg_options_reach_the_training_configs() -> None:
+    args = build_parser().parse_args([
+        "train", "--out-dir", "runs/x", "--cfg-options", "input_size=[96,128]", "arch=runs/s/genotype.json",
+        "sic=false", "epochs=3", "lr=5e-4", "init_checkpoint=runs/a/last.pt", "--resume", "runs/x/last.pt",
+        "--stop-after", "2m", "--cfg-options", "epochs=4", "out_dir=runs/y"])  # repeatable: a later KEY wins
+    assert (args.resume, args.stop_after) == (Path("runs/x/last.pt"), 120.0)
+    config = train_config(args)
+    assert config.input_size == (96, 128) and config.arch == "runs/s/genotype.json" and config.sic is False
+    assert (config.epochs, config.lr, config.init_checkpoint, config.out_dir) == (4, 5e-4, "runs/a/last.pt", "runs/y")
+    assert config.batch_size == 32 and config.init == "scratch"  # the defaults, without --config
+
+    detector = detector_config(build_parser().parse_args(
+        ["train-detector", "--config", str(REPO / "configs/person_detector.json"), "--out-dir", "runs/d",
+         "--cfg-options", "input_size=256", "init=scratch", "augment={\"mosaic_prob\": 0}"]))
+    assert (detector.input_size, detector.init, detector.out_dir) == (256, "scratch", "runs/d")
+    assert detector.augment.mosaic_prob == 0  # a nested field: the JSON object replaces the whole augment
+
+    search = search_config(build_parser().parse_args(
+        ["search", "--config", str(REPO / "configs/campaign_a_128x96.json"), "--cfg-options", "cost=latency",
+         "lut=t.json", "cost_lambda=0.1", "target_cost=5", "input_size=[64,64]", "warmup_epochs=1", "space=large"]))
+    assert (search.cost, search.lut, search.cost_lambda, search.target_cost) == ("latency", "t.json", 0.1, 5)
+    assert search.input_size == (64, 64) and (search.warmup_epochs, search.space) == (1, "large")
+    assert search.sigma == 3.0 and search.augment == "light"  # the rest of the data settings: the training config's
+
+
+def test_unknown_cfg_options_are_a_clear_error(capsys) -> None:
+    assert main(["train", "--cfg-options", "learning_rate=0.1"]) == 2
+    assert "unknown training config keys: ['learning_rate']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--cfg-options", "epochs"])  # not KEY=VALUE

@@ -22,6 +22,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from effpose.cli import build_parser
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -486,6 +488,7 @@ def test_training_job_is_an_indexed_torchrun_group() -> None:
     assert selects(headless["spec"]["selector"], job_labels)
     assert int(options["master-port"]) in {p["port"] for p in headless["spec"]["ports"]}
     assert argv[argv.index("-m") + 1: argv.index("-m") + 3] == ["effpose.cli", "train"]
+    build_parser().parse_args(argv[argv.index("-m") + 2:])  # arguments the command line accepts
     assert (REPO / options["config"]).is_file()
     assert any(kw == "COPY" and args.split()[0].rstrip("/") == "configs"
                for kw, args in dockerfile_stages(DOCKERFILE_TRAIN)[-1]), "the training image must contain configs/"
@@ -497,7 +500,10 @@ def test_search_job_runs_the_cost_aware_search() -> None:
     job = find(render("jobs/search"), "Job")
     container = job_container(job)
     argv = container["command"] + container["args"]
-    assert argv[:6] == ["effpose", "search", "--space", "A", "--cost", "macs"]
+    assert argv[0] == "effpose"
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "search" and dict(args.cfg_options) == {"space": "A", "cost": "macs"}
+    assert (REPO / args.config).is_file()  # the default config, relative to the image's working directory
     check_job_volumes(job["spec"]["template"]["spec"], container, docs_storage=render("jobs/storage"))
     check_pod_security(job["spec"]["template"]["spec"], DOCKERFILE_TRAIN)
 
@@ -558,8 +564,8 @@ def test_dockerignore_keeps_sources_and_drops_local_state() -> None:
                  "effpose/v1/pose_pb2.py", "effpose/v1/pose_pb2_grpc.py", "service/__pycache__/main.cpython-311.pyc",
                  "effpose.egg-info/PKG-INFO", "random.onnx"):
         assert ignored(path), path
-    for path in ("pyproject.toml", "setup.py", "proto/effpose/v1/pose.proto", "effpose/assets/efficientpose_a_coco17.onnx",
-                 "service/main.py", "configs/efficientpose_a_coco17.json"):
+    for path in ("pyproject.toml", "setup.py", "proto/effpose/v1/pose.proto", "service/main.py",
+                 "effpose/assets/efficientpose_a_coco17.onnx", "configs/efficientpose_a_coco17.json"):
         assert not ignored(path), path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effpose.cli import build_parser
 from effpose.evaluation import coco_keypoint_ap, evaluate, load_estimator, pck
-from effpose.evaluation.cli import add_eval_parser
 from effpose.keypoints import KEYPOINT_NAMES, OKS_SIGMAS
 from effpose.runtime import PoseEstimator
 
@@ -271,9 +270,7 @@ def test_load_estimator_exports_a_checkpoint(random_model_a, random_onnx_a, tmp_
 
 
 def run_eval(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="effpose")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["eval", *argv])
+    args = build_parser().parse_args(["eval", *argv])
     return args.func(args)
 
 

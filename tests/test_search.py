@@ -279,7 +279,7 @@ def test_search_config_rejects_settings_that_cannot_work(tiny_config: Path) -> N
 
     data = TrainConfig.load(tiny_config)
     SearchConfig.from_training_config(data, epochs=2, warmup_epochs=1).validate()
-    for settings, message in [({"cost": "latency"}, "needs --lut"), ({"lut": "x.json"}, "takes no LUT"),
+    for settings, message in [({"cost": "latency"}, "needs lut=FILE"), ({"lut": "x.json"}, "takes no LUT"),
                               ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs"), ({"space": "Z"}, "search space"),
                               ({"cost_lambda": -1.0}, "cost_lambda")]:
         with pytest.raises(ValueError, match=message):
@@ -289,10 +289,10 @@ def test_search_config_rejects_settings_that_cannot_work(tiny_config: Path) -> N
 @pytest.mark.slow
 def test_search_command_writes_a_genotype_resumes_and_the_genotype_trains(tiny_config: Path, tmp_path: Path) -> None:
     run = tmp_path / "search"
-    common = ["--config", str(tiny_config), "--input", "128x96", "--warmup-epochs", "1", "--samples-per-epoch", "8",
-              "--batch-size", "4", "--max-steps-per-epoch", "2", "--workers", "0", "--arch-lr", "0.05",
-              "--out-dir", str(run)]
-    _run(EFFPOSE, "search", "--space", "A", "--cost", "macs", "--epochs", "2", *common)
+    common = ["--config", str(tiny_config), "--out-dir", str(run), "--cfg-options", "space=A", "cost=macs",
+              "input_size=[96,128]", "warmup_epochs=1", "samples_per_epoch=8", "batch_size=4",
+              "max_steps_per_epoch=2", "workers=0", "arch_lr=0.05"]
+    _run(EFFPOSE, "search", *common, "epochs=2")
     history = _history(run)
     assert [h["epoch"] for h in history] == [0, 1] and [h["phase"] for h in history] == ["warmup", "search"]
     assert "loss_cost" not in history[0] and history[1]["loss_cost"] > 0 and history[1]["loss_arch"] > 0
@@ -309,16 +309,15 @@ def test_search_command_writes_a_genotype_resumes_and_the_genotype_trains(tiny_c
              if g.get("class") == "layer"]
     assert len(boxes) == 26
 
-    _run(EFFPOSE, "search", "--space", "A", "--cost", "macs", "--epochs", "3", *common,
-         "--resume", str(run / "last.pt"))
+    _run(EFFPOSE, "search", *common, "epochs=3", "--resume", str(run / "last.pt"))
     assert [h["epoch"] for h in _history(run)] == [0, 1, 2]  # continued, did not restart
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 2 and state["arch_optimizer"]["state"]  # the alphas' Adam moments travel too
     assert not (run / "best.pt").exists()
 
     trained = tmp_path / "train"
-    _run(EFFPOSE, "train", "--config", str(tiny_config), "--genotype", str(run / "genotype.json"), "--epochs", "1",
-         "--samples-per-epoch", "8", "--batch-size", "4", "--max-steps-per-epoch", "2", "--out-dir", str(trained))
+    _run(EFFPOSE, "train", "--config", str(tiny_config), "--out-dir", str(trained), "--cfg-options",
+         f"arch={run / 'genotype.json'}", "epochs=1", "samples_per_epoch=8", "batch_size=4", "max_steps_per_epoch=2")
     checkpoint = torch.load(trained / "best.pt", map_location="cpu", weights_only=False)
     assert checkpoint["config"]["genotype"] == load_genotype(run / "genotype.json").to_dict()
 
@@ -332,10 +331,9 @@ def test_build_lut_command_and_a_latency_search_under_torchrun(tiny_config: Path
     assert printed["layers"] == 26 and printed["op_ms_min"] > 0 and printed["fixed_ms"] > 0
     run = tmp_path / "ddp"
     _run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "effpose.cli",
-         "search", "--config", str(tiny_config), "--input", "64x64", "--cost", "latency", "--lut", str(lut),
-         "--target-cost", "0.001", "--epochs", "2", "--warmup-epochs", "1", "--samples-per-epoch", "8",
-         "--batch-size", "2", "--max-steps-per-epoch", "2", "--workers", "0", "--arch-lr", "0.05",
-         "--out-dir", str(run))
+         "search", "--config", str(tiny_config), "--out-dir", str(run), "--cfg-options", "input_size=[64,64]",
+         "cost=latency", f"lut={lut}", "target_cost=0.001", "epochs=2", "warmup_epochs=1", "samples_per_epoch=8",
+         "batch_size=2", "max_steps_per_epoch=2", "workers=0", "arch_lr=0.05")
     history = _history(run)  # rank 0 alone logs
     assert [h["epoch"] for h in history] == [0, 1] and history[1]["cost_metric"] == "latency_ms"
     assert all(h["alpha_rank_difference"] == 0.0 for h in history)

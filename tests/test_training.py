@@ -31,7 +31,7 @@ def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path:
     assert all(0.0 <= h["tiny/AP"] <= 1.0 and 0.0 <= h["tiny/PCK@0.2"] <= 1.0 for h in history)
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
 
-    _train("--config", str(tiny_config), "--epochs", "7", "--resume", str(run / "last.pt"))
+    _train("--config", str(tiny_config), "--cfg-options", "epochs=7", "--resume", str(run / "last.pt"))
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(7))  # continued, did not restart
 
@@ -48,7 +48,7 @@ def test_smoke_training_lowers_the_loss_and_resumes(tiny_config: Path, tmp_path:
 def test_distributed_training_under_torchrun(tiny_config: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo) under torchrun, the command unchanged: one log, one set of checkpoints."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "effpose.cli", "train", "--config", str(tiny_config), "--epochs", "2",
+               "-m", "effpose.cli", "train", "--config", str(tiny_config), "--cfg-options", "epochs=2",
                "--out-dir", str(tmp_path / "ddp")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

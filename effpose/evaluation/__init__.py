@@ -3,8 +3,8 @@
 * :func:`coco_keypoint_ap`: COCO keypoint AP/AR (OKS, pycocotools) of a result list, pseudo-labels dropped;
 * :func:`pck`: PCK normalised by the torso diameter, overall and per joint;
 * :func:`evaluate`: run a :class:`~effpose.runtime.PoseEstimator` over a set (GT boxes or detections)
-  and report both; :func:`load_estimator` opens an ONNX model or exports a checkpoint on the fly;
-* :mod:`effpose.evaluation.cli`: the ``effpose eval`` sub-command.
+  and report both; :func:`load_estimator` opens an ONNX model or exports a checkpoint on the fly
+  (the ``effpose eval`` command: :mod:`effpose.cli.evaluation`).
 
 Importing this package loads neither torch nor pycocotools (the latter only when AP is computed).
 """

@@ -94,7 +94,7 @@ class SearchConfig(TrainConfig):
         if self.cost not in ("macs", "latency"):
             raise ValueError(f"cost must be macs or latency, got {self.cost!r}")
         if (self.cost == "latency") != bool(self.lut):
-            raise ValueError("a latency search needs --lut FILE (effpose build-lut), a MAC search takes no LUT")
+            raise ValueError("a latency search needs lut=FILE (from effpose build-lut), a MAC search takes no LUT")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if self.cost_lambda < 0 or self.cost_base <= 1 or self.target_cost < 0 or self.arch_lr <= 0:
