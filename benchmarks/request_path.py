@@ -5,8 +5,8 @@
 Starts ``effpose serve`` from the checkout at --repo (default: this one; point it at a ``git worktree`` of an older
 revision to compare) as a subprocess with a profile hook on every Python thread, sends warm-up requests, then
 records the source files of every Python function called while one more request (the same image, the shipped
-detector finding the people at --det-threshold) is answered. Import-time and start-up code are outside the window. Prints the
-project's modules (under ``effpose/`` and ``service/``) in first-call order and writes them as JSON.
+detector finding the people at --det-threshold) is answered. Import-time and start-up code are outside the window.
+Prints the project's modules (under ``effpose/`` and ``service/``) in first-call order and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -131,7 +131,10 @@ def main() -> None:
         print(f"{number:3d}  {module}")
     print(f"{len(modules)} modules of {', '.join(PACKAGES)} run code for one POST /v1/pose")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"repo": str(args.repo), "image": args.image.name, "modules": modules}, indent=1))
+    revision = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+    args.out.write_text(json.dumps({"revision": revision, "image": args.image.name, "det_threshold": args.det_threshold,
+                                    "modules": modules}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

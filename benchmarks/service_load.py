@@ -1,6 +1,6 @@
 """Load test of the effpose service over real HTTP and gRPC on loopback, with real COCO JPEGs.
 
-    python benchmarks/service_load.py [--quick | --stress] [--duration S] [--boxes N]
+    python benchmarks/service_load.py [--quick | --stress | --v2] [--duration S] [--boxes N]
                                       [--detector-model PATH | --whole-image] [--slo-ms MS]
                                       [--threads N] [--http HOST:PORT --grpc HOST:PORT] [--data DIR] [--out FILE]
 
@@ -26,6 +26,11 @@ used once /readyz answers 200, stopped with SIGTERM at the end (exit code and sh
    no network frontend: the frontends' overhead is the ratio of throughputs and the difference of latencies.
 5. Batcher off (EFFPOSE_BATCHING=false, a second server) against the part-1 points, over HTTP at C = 1 and at the
    saturating C.
+
+With --v2 the script compares the protocols instead (one server, parts 1 and 4 only, default C = 1 and 8): closed
+loop over /v1/pose (HTTP), PoseService.Estimate (gRPC) and the Open Inference Protocol's effpose-pose model over
+REST (binary tensor data extension, httpx) and gRPC (ModelInfer, grpc.aio), against the in-process core, and writes
+benchmarks/results/service_load_v2.json. v2 answers carry no server timings, so their "outside core" is empty.
 
 With --stress the script runs the overload, memory and shutdown checks instead (each on a fresh server, default
 settings otherwise) and writes benchmarks/results/service_stress.json:
@@ -79,6 +84,7 @@ import numpy as np
 from cpuinfo import get_cpu_info
 
 from effpose.v1 import pose_pb2, pose_pb2_grpc
+from effpose.v2 import inference_pb2
 from service.core import InferenceCore, PoseRequest
 from service.errors import ServiceError
 from service.settings import Settings
@@ -92,6 +98,11 @@ MANIFEST = REPO / "k8s" / "base" / "deployment.yaml"
 CONCURRENCIES = (1, 4, 16, 64)
 LOADS = (0.5, 0.8, 1.5, 2.0)
 FRONTENDS = ("http", "grpc", "grpc-stream")
+V2_FRONTENDS = ("http", "grpc", "v2-http", "v2-grpc")
+V2_CONCURRENCIES = (1, 8)
+V2_OUT = REPO / "benchmarks" / "results" / "service_load_v2.json"
+V2_INFER_PATH = "/v2/models/effpose-pose/infer"
+V2_MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 CLIENT_TIMEOUT_S = 30.0  # the server's own deadline (request_timeout_s) is 10 s by default
 READY_TIMEOUT_S = 120.0
 SETTLE_TIMEOUT_S = 15.0
@@ -126,14 +137,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=0, help="use the first N images (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the open-loop arrival times")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s points, C = 1 and 16, loads 50%% 150%%")
+    parser.add_argument("--v2", action="store_true",
+                        help="compare /v1 with the Open Inference Protocol (REST and gRPC) and the in-process core")
     parser.add_argument("--stress", action="store_true",
                         help="overload, memory and SIGTERM checks instead (S1-S3); loads default 0.5 2 4")
     parser.add_argument("--big-images", type=int, default=8, help="--stress: concurrent maximum-size images")
     parser.add_argument("--out", type=Path, help="JSON file for all results (default benchmarks/results/"
                                                  "service_load.json, or service_stress.json with --stress)")
     args = parser.parse_args(argv)
+    if args.stress and args.v2:
+        parser.error("--stress and --v2 are different runs: give one")
     if args.out is None:
-        args.out = STRESS_OUT if args.stress else DEFAULT_OUT
+        args.out = STRESS_OUT if args.stress else V2_OUT if args.v2 else DEFAULT_OUT
+    if args.v2 and args.concurrency == list(CONCURRENCIES):
+        args.concurrency = list(V2_CONCURRENCIES)
     if args.stress and args.loads == list(LOADS):
         args.loads = list(STRESS_LOADS)
     if (args.http is None) != (args.grpc is None):
@@ -158,7 +175,7 @@ class Workload:
     def __len__(self) -> int:
         return len(self.images)
 
-    def answer(self, persons: int, core_ms: float) -> Answer:
+    def answer(self, persons: int, core_ms: float | None) -> Answer:
         """A successful answer: ``ok``, or ``wrong-persons`` when it holds an unexpected number of persons."""
         return Answer("ok" if self.expected_persons in (None, persons) else "wrong-persons", core_ms)
 
@@ -301,6 +318,78 @@ class GrpcStreamLane:
         self.stream_outcomes[(await self.stream.code()).name] += 1
 
 
+def v2_body(image: bytes, boxes: list[list[float]] | None) -> tuple[bytes, int]:
+    """An Open Inference Protocol request for effpose-pose with the binary tensor data extension: the body and
+    the length of its JSON header."""
+    raw = [len(image).to_bytes(4, "little") + image]
+    inputs = [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": len(raw[0])}}]
+    if boxes:
+        raw.append(np.asarray(boxes, "<f4").tobytes())
+        inputs.append({"name": "boxes", "datatype": "FP32", "shape": [len(boxes), 4],
+                       "parameters": {"binary_data_size": len(raw[1])}})
+    header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
+    return header + b"".join(raw), len(header)
+
+
+class V2HttpLane:
+    """``POST /v2/models/effpose-pose/infer``, JSON header plus binary tensors both ways; one shared client."""
+
+    def __init__(self, client: httpx.AsyncClient, workload: Workload):
+        self.client, self.workload = client, workload
+        boxes = workload.boxes or [None] * len(workload)
+        self.bodies = [v2_body(image, b) for image, b in zip(workload.images, boxes, strict=True)]
+
+    async def call(self, index: int) -> Answer:
+        body, header_length = self.bodies[index % len(self.bodies)]
+        try:
+            response = await self.client.post(V2_INFER_PATH, content=body, headers={
+                "content-type": "application/octet-stream", "inference-header-content-length": str(header_length)})
+        except httpx.TimeoutException:
+            return Answer("client-timeout")
+        except httpx.TransportError as error:
+            return Answer(f"conn-error ({type(error).__name__})")
+        if response.status_code != 200:
+            retry_after = response.headers.get("retry-after")
+            return Answer(str(response.status_code), retry_after=float(retry_after) if retry_after else None)
+        header = json.loads(response.content[:int(response.headers["inference-header-content-length"])])
+        keypoints = next(output for output in header["outputs"] if output["name"] == "keypoints")
+        return self.workload.answer(keypoints["shape"][0], None)
+
+    async def close(self) -> None:
+        """Nothing: the client belongs to the caller."""
+
+
+class V2GrpcLane:
+    """``inference.GRPCInferenceService/ModelInfer`` on effpose-pose with raw tensors; one shared channel."""
+
+    def __init__(self, channel: grpc.aio.Channel, workload: Workload):
+        self.workload = workload
+        self.infer = channel.unary_unary(V2_MODEL_INFER,
+                                         request_serializer=inference_pb2.ModelInferRequest.SerializeToString,
+                                         response_deserializer=inference_pb2.ModelInferResponse.FromString)
+        boxes = workload.boxes or [None] * len(workload)
+        self.requests = []
+        for image, image_boxes in zip(workload.images, boxes, strict=True):
+            request = inference_pb2.ModelInferRequest(model_name="effpose-pose")
+            request.inputs.add(name="image", datatype="BYTES", shape=[1])
+            request.raw_input_contents.append(len(image).to_bytes(4, "little") + image)
+            if image_boxes:
+                request.inputs.add(name="boxes", datatype="FP32", shape=[len(image_boxes), 4])
+                request.raw_input_contents.append(np.asarray(image_boxes, "<f4").tobytes())
+            self.requests.append(request)
+
+    async def call(self, index: int) -> Answer:
+        try:
+            response = await self.infer(self.requests[index % len(self.requests)], timeout=CLIENT_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return grpc_failure(error.code())
+        keypoints = next(output for output in response.outputs if output.name == "keypoints")
+        return self.workload.answer(keypoints.shape[0], None)
+
+    async def close(self) -> None:
+        """Nothing: the channel belongs to the caller."""
+
+
 class InProcessLane:
     """``InferenceCore.estimate`` called directly; service errors named by their HTTP status."""
 
@@ -324,15 +413,18 @@ class InProcessLane:
 async def frontend(kind: str, server: Server, workload: Workload,
                    stream_outcomes: Counter[str]) -> AsyncIterator[OpenLane]:
     """A fresh client (httpx client or gRPC channel) for one point, as a factory of lanes over it."""
-    if kind == "http":
+    if kind in ("http", "v2-http"):
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(base_url=f"http://{server.http}", timeout=CLIENT_TIMEOUT_S,
                                      limits=limits) as client:
-            lane = HttpLane(client, workload)
+            lane = HttpLane(client, workload) if kind == "http" else V2HttpLane(client, workload)
             yield _returning(lane)
         return
     async with grpc.aio.insecure_channel(server.grpc) as channel:
         stub = pose_pb2_grpc.PoseServiceStub(channel)
+        if kind == "v2-grpc":
+            yield _returning(V2GrpcLane(channel, workload))
+            return
         if kind == "grpc":
             yield _returning(GrpcUnaryLane(stub, workload))
             return
@@ -432,14 +524,17 @@ async def open_loop(lane: Lane, arrivals: np.ndarray, drain: float) -> tuple[lis
 
 def latency_percentiles(samples: list[Sample]) -> dict[str, float | None]:
     """p50/p95/p99 milliseconds of the successful samples, and p50/p99 of the time they spent outside the core
-    (client latency minus the core's ``timings_ms.total``: network, frontend, client); None without any."""
+    (client latency minus the core's ``timings_ms.total``: network, frontend, client); None without any (the
+    outside-core ones also when the answers carry no core timings, as v2 answers)."""
     answered = [s for s in samples if s.ok]
     if not answered:
         return dict.fromkeys(("p50_ms", "p95_ms", "p99_ms", "outside_core_p50_ms", "outside_core_p99_ms"))
     p50, p95, p99 = np.percentile([s.ms for s in answered], [50, 95, 99])
-    outside50, outside99 = np.percentile([s.ms - s.answer.core_ms for s in answered], [50, 99])
+    outside = [s.ms - s.answer.core_ms for s in answered if s.answer.core_ms is not None]
+    outside50, outside99 = np.percentile(outside, [50, 99]) if outside else (None, None)
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
-            "outside_core_p50_ms": float(outside50), "outside_core_p99_ms": float(outside99)}
+            "outside_core_p50_ms": None if outside50 is None else float(outside50),
+            "outside_core_p99_ms": None if outside99 is None else float(outside99)}
 
 
 def outcome_shares(outcomes: Counter[str], total: int) -> dict[str, float]:
@@ -796,15 +891,16 @@ def batch_table(points: list[dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
-def overhead_table(in_process: list[dict[str, Any]], closed: list[dict[str, Any]]) -> str:
+def overhead_table(in_process: list[dict[str, Any]], closed: list[dict[str, Any]],
+                   kinds: tuple[str, ...] = FRONTENDS) -> str:
     by_key = {(p["frontend"], p["concurrency"]): p for p in closed}
     headers = ["C", "in-process req/s", "in-process p50 ms"]
-    for kind in FRONTENDS:
+    for kind in kinds:
         headers += [f"{kind} req/s", f"in-process/{kind} req/s", f"{kind} p50 - in-process p50 ms"]
     rows = []
     for base in in_process:
         row = [str(base["concurrency"]), fmt(base["rps"]), fmt(base["p50_ms"])]
-        for kind in FRONTENDS:
+        for kind in kinds:
             other = by_key.get((kind, base["concurrency"]))
             if other is None or not other["rps"] or base["p50_ms"] is None or other["p50_ms"] is None:
                 row += ["-", "-", "-"]
@@ -847,8 +943,16 @@ async def target(args: argparse.Namespace, fields: dict[str, Any], log_dir: Path
 
 
 async def run_parts(args: argparse.Namespace, workload: Workload, report: dict[str, Any], log_dir: Path) -> None:
-    """Parts 1-5 in the order: closed loop and open loop on one server, batcher off on another, in process."""
+    """Parts 1-5 in the order: closed loop and open loop on one server, batcher off on another, in process (with
+    --v2: the closed loop over the v1 and v2 frontends, then in process)."""
     on_fields = settings_fields(args, batching=True)
+    if args.v2:
+        async with target(args, on_fields, log_dir, "v2", report) as server:
+            for kind in V2_FRONTENDS:
+                for concurrency in args.concurrency:
+                    report["closed_loop"].append(await closed_loop_point(server, workload, kind, concurrency, args))
+        report["in_process"] = await in_process_points(workload, on_fields, args)
+        return
     async with target(args, on_fields, log_dir, "batching-on", report) as server:
         closed = report["closed_loop"]
         for kind in FRONTENDS:
@@ -870,6 +974,12 @@ async def run_parts(args: argparse.Namespace, workload: Workload, report: dict[s
 
 
 def print_tables(report: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.v2:
+        print("\n## Closed loop: /v1/pose (http), PoseService (grpc), Open Inference Protocol REST and gRPC\n")
+        print(closed_loop_table(report["closed_loop"]))
+        print("\n## Protocol overhead: in-process core vs each frontend\n")
+        print(overhead_table(report["in_process"], report["closed_loop"], V2_FRONTENDS))
+        return
     print("\n## 1. Closed loop (HTTP unary, gRPC unary, gRPC streams with one frame in flight each)\n")
     print(closed_loop_table(report["closed_loop"]))
     saturation = report["saturation"]
