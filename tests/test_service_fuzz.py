@@ -6,18 +6,22 @@ content types, bodies (errors included: the one envelope) matching their schemas
 ``EstimateRequest`` messages (real images, junk bytes, boxes with any float, NaN and infinities included, any
 thresholds) and sends them through the generated stubs; every answer must be OK or a client-side status, never
 INTERNAL or UNKNOWN, and every error the service answers (a streamed frame's included) carries its rich details (an
-ErrorInfo with its reason). Both are bounded in examples (``FUZZ_EXAMPLES``, default 25 per operation) so that CI
+ErrorInfo with its reason). The Open Inference Protocol's REST inference (not in the OpenAPI document) gets
+hypothesis-built JSON documents, binary parts and header lengths: never a 5xx, every error ``{"error": str}``. All
+are bounded in examples (``FUZZ_EXAMPLES``, default 25 per operation) so that CI
 stays fast; set it higher for a longer hunt.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import hypothesis.strategies as st
 import numpy as np
 import pytest
@@ -150,3 +154,43 @@ def assert_reason(status: status_pb2.Status) -> None:
     assert details["ErrorInfo"].reason and details["ErrorInfo"].domain == "effpose", status
     if "BadRequest" in details:
         assert all(v.field and v.description for v in details["BadRequest"].field_violations), status
+
+
+# --- Open Inference Protocol (v2) -----------------------------------------------------------------------------------
+
+V2_NAMES = st.sampled_from(["image", "boxes", "input", "x", ""])
+V2_DATATYPES = st.sampled_from(["BYTES", "FP32", "FP16", "INT64", "BOOL", "UINT8", "FP64", "nope"])
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+V2_TENSOR = st.fixed_dictionaries({
+    "name": st.one_of(V2_NAMES, st.integers()), "datatype": st.one_of(V2_DATATYPES, st.integers()),
+    "shape": st.one_of(st.lists(st.integers(-2, 300), max_size=4), st.text(max_size=3)),
+}, optional={"data": st.one_of(st.lists(st.one_of(st.floats(), st.integers(), st.text(max_size=6)), max_size=40),
+                               JSON_SCALARS),
+             "parameters": st.one_of(st.fixed_dictionaries({}, optional={
+                 "binary_data_size": st.one_of(st.integers(-5, 5000), JSON_SCALARS),
+                 "content_type": st.sampled_from(["base64", "str", ""])}), JSON_SCALARS)})
+V2_DOCUMENT = st.fixed_dictionaries({}, optional={
+    "inputs": st.one_of(st.lists(V2_TENSOR, max_size=3), JSON_SCALARS),
+    "outputs": st.one_of(st.lists(st.fixed_dictionaries({"name": st.one_of(V2_NAMES, st.integers())}), max_size=2),
+                         JSON_SCALARS),
+    "parameters": st.one_of(st.dictionaries(st.sampled_from(["model", "flip", "det_threshold", "max_persons",
+                                                             "binary_data_output"]), JSON_SCALARS), JSON_SCALARS),
+    "id": JSON_SCALARS})
+
+
+@given(model=st.sampled_from(["effpose-pose", "a", "missing"]), document=V2_DOCUMENT,
+       binary=st.one_of(st.none(), st.binary(max_size=64), st.just(encode(np.zeros((32, 32, 3), np.uint8)))),
+       header_length=st.one_of(st.none(), st.integers(-3, 10_000), st.text(alphabet="0123456789x-", max_size=4)))
+@FUZZ_SETTINGS
+def test_v2_rest_answers_any_body_without_a_server_error(fuzzed: RunningService, model: str, document: dict,
+                                                         binary: bytes | None, header_length: int | str | None) -> None:
+    header = json.dumps(document).encode()
+    headers = {"content-type": "application/octet-stream"}
+    if binary is not None:
+        headers["inference-header-content-length"] = str(len(header) if header_length is None else header_length)
+    answer = httpx.post(f"{fuzzed.base_url}/v2/models/{model}/infer", content=header + (binary or b""),
+                        headers=headers, timeout=30)
+    assert answer.status_code < 500, answer.text
+    if answer.status_code >= 300:
+        assert answer.headers["content-type"] == "application/json", (answer.status_code, answer.text)
+        assert set(answer.json()) == {"error"} and isinstance(answer.json()["error"], str)
