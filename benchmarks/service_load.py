@@ -241,6 +241,21 @@ def grpc_requests(workload: Workload) -> list[pose_pb2.EstimateRequest]:
             for image, bs in zip(workload.images, boxes, strict=True)]
 
 
+async def posted(client: httpx.AsyncClient, path: str, **request: Any) -> httpx.Response | Answer:
+    """``POST path``: the 200 response, else the :class:`Answer` the failure makes (a timeout, a connection error,
+    another status with its Retry-After)."""
+    try:
+        response = await client.post(path, **request)
+    except httpx.TimeoutException:
+        return Answer("client-timeout")
+    except httpx.TransportError as error:
+        return Answer(f"conn-error ({type(error).__name__})")
+    if response.status_code != 200:
+        retry_after = response.headers.get("retry-after")
+        return Answer(str(response.status_code), retry_after=float(retry_after) if retry_after else None)
+    return response
+
+
 class HttpLane:
     """``POST /v1/pose`` with the raw JPEG body (and ``boxes`` as a JSON query parameter); one shared client."""
 
@@ -250,16 +265,10 @@ class HttpLane:
 
     async def call(self, index: int) -> Answer:
         index %= len(self.workload)
-        try:
-            response = await self.client.post("/v1/pose", content=self.workload.images[index], headers=JPEG,
-                                               params=self.params[index] if self.params else None)
-        except httpx.TimeoutException:
-            return Answer("client-timeout")
-        except httpx.TransportError as error:
-            return Answer(f"conn-error ({type(error).__name__})")
-        if response.status_code != 200:
-            retry_after = response.headers.get("retry-after")
-            return Answer(str(response.status_code), retry_after=float(retry_after) if retry_after else None)
+        response = await posted(self.client, "/v1/pose", content=self.workload.images[index], headers=JPEG,
+                                params=self.params[index] if self.params else None)
+        if isinstance(response, Answer):
+            return response
         body = response.json()
         return self.workload.answer(len(body["persons"]), body["timings_ms"]["total"])
 
@@ -341,16 +350,10 @@ class V2HttpLane:
 
     async def call(self, index: int) -> Answer:
         body, header_length = self.bodies[index % len(self.bodies)]
-        try:
-            response = await self.client.post(V2_INFER_PATH, content=body, headers={
-                "content-type": "application/octet-stream", "inference-header-content-length": str(header_length)})
-        except httpx.TimeoutException:
-            return Answer("client-timeout")
-        except httpx.TransportError as error:
-            return Answer(f"conn-error ({type(error).__name__})")
-        if response.status_code != 200:
-            retry_after = response.headers.get("retry-after")
-            return Answer(str(response.status_code), retry_after=float(retry_after) if retry_after else None)
+        response = await posted(self.client, V2_INFER_PATH, content=body, headers={
+            "content-type": "application/octet-stream", "inference-header-content-length": str(header_length)})
+        if isinstance(response, Answer):
+            return response
         header = json.loads(response.content[:int(response.headers["inference-header-content-length"])])
         keypoints = next(output for output in header["outputs"] if output["name"] == "keypoints")
         return self.workload.answer(keypoints["shape"][0], None)
