@@ -75,6 +75,10 @@ def test_learning_rate_schedules() -> None:
     cosine = TrainConfig(lr=1e-3, warmup_steps=1, schedule="cosine", epochs=4)
     rates = [learning_rate(cosine, e, s, 10) for e in range(4) for s in range(10)]
     assert rates[0] == pytest.approx(1e-3) and all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 5e-5
+    per_run = TrainConfig(lr=1e-3, warmup_steps=1, schedule="run_cosine", epochs=4)
+    assert learning_rate(per_run, 30, 5, 10, run_progress=0.0) == pytest.approx(1e-3)  # a resumed run restarts at lr
+    assert learning_rate(per_run, 30, 5, 10, run_progress=0.5) == pytest.approx(0.505e-3)
+    assert learning_rate(per_run, 31, 0, 10, run_progress=1.3) == pytest.approx(1e-5)  # past the budget: the floor
 
 
 def test_precise_bn_averages_statistics_over_the_given_batches() -> None:

@@ -76,7 +76,7 @@ class DetectorConfig(LoopConfig):
     batch_size: int = 16  # per process
     lr: float = 2e-3
     weight_decay: float = 1e-2  # AdamW (decoupled), on conv weights only
-    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    schedule: Literal["step", "cosine", "constant", "run_cosine"] = "cosine"
     lr_steps: list[int] = field(default_factory=list)
     warmup_steps: int = 200
     workers: int = 1

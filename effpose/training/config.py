@@ -35,7 +35,9 @@ class LoopConfig(JsonConfig):
     batch_size: int = 32  # per process
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW (decoupled), on conv weights only; Adam's coupled L2 starved the heatmaps
-    schedule: Literal["step", "cosine", "constant"] = "step"  # constant: the open-ended campaign (with ema_decay)
+    # constant: the open-ended campaign (with ema_decay); run_cosine: cosine decay over each run's time budget
+    # (--stop-after), so that every run of a campaign ends annealed and restarts at lr when resumed
+    schedule: Literal["step", "cosine", "constant", "run_cosine"] = "step"
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs where lr is multiplied by 0.1
     warmup_steps: int = 300
     ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights

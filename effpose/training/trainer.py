@@ -151,14 +151,17 @@ def mixed_sampler(data: ConcatDataset, ratios: list[float], config: LoopConfig, 
     return MixedSampler(data, ratios, per_rank, seed=config.seed + 1000 * env.rank)
 
 
-def learning_rate(config: LoopConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then constant, step decay (x0.1 at each of ``lr_steps``) or cosine decay to 1% of the base."""
+def learning_rate(config: LoopConfig, epoch: int, step: int, steps_per_epoch: int, run_progress: float = 0.0) -> float:
+    """Linear warm-up, then constant, step decay (x0.1 at each of ``lr_steps``) or cosine decay to 1% of the base:
+    over all epochs (``cosine``) or over this run's time budget (``run_cosine``; ``run_progress`` is the share of
+    the budget spent, 0 for a run without one)."""
     global_step = epoch * steps_per_epoch + step
     warmup = min(1.0, (global_step + 1) / max(config.warmup_steps, 1))
     if config.schedule == "constant":
         return config.lr * warmup
-    if config.schedule == "cosine":
-        progress = global_step / max(config.epochs * steps_per_epoch, 1)
+    if config.schedule in ("cosine", "run_cosine"):
+        progress = (global_step / max(config.epochs * steps_per_epoch, 1) if config.schedule == "cosine"
+                    else min(max(run_progress, 0.0), 1.0))
         return config.lr * warmup * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
     return config.lr * warmup * 0.1 ** sum(epoch >= milestone for milestone in config.lr_steps)
 
@@ -263,6 +266,7 @@ class TrainingLoop:
         config.validate()
         self.config, self.env = config, env
         self.out_dir = Path(config.out_dir)
+        self.run_started = time.monotonic()  # reset by fit(): the start of this run's time budget
         seed_everything(config.seed + env.rank)
         self.model = self.build_model().to(env.device)
         if config.channels_last:
@@ -343,6 +347,12 @@ class TrainingLoop:
         self.restore(torch.load(path, map_location="cpu", weights_only=False))
         log.info("resumed from %s at epoch %d (best %.4f)", path, self.start_epoch, self.best)
 
+    def run_progress(self, stop_at: float | None) -> float:
+        """The share of this run's time budget spent (0 without a budget), for the ``run_cosine`` schedule."""
+        if stop_at is None:
+            return 0.0
+        return (time.monotonic() - self.run_started) / max(stop_at - self.run_started, 1e-9)
+
     def stop_due(self, stop_at: float | None) -> bool:
         """Whether the run should end now: SIGTERM received, or the time budget (a ``time.monotonic``) is spent."""
         due = self.stop_requested or (stop_at is not None and time.monotonic() >= stop_at)
@@ -366,7 +376,7 @@ class TrainingLoop:
         for step, batch in enumerate(self.loader):
             if step >= steps:
                 break
-            lr = learning_rate(self.config, epoch, step, steps)
+            lr = learning_rate(self.config, epoch, step, steps, self.run_progress(stop_at))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             for name, value in self.train_step(batch).items():
@@ -422,7 +432,8 @@ class TrainingLoop:
         validation_started = time.perf_counter()
         metrics = self.validate()
         record = {"run": self.out_dir.name, "epoch": epoch, **stats, **metrics,
-                  "val_seconds": time.perf_counter() - validation_started, "first_loss": losses[0], "last_loss": losses[-1], "time": time.time(),
+                  "val_seconds": time.perf_counter() - validation_started, "first_loss": losses[0],
+                  "last_loss": losses[-1], "time": time.time(),
                   "input_size": self.config.to_dict().get("input_size"), "device": self.env.device.type,
                   "processes": self.env.world_size, "threads": torch.get_num_threads(),
                   **self.totals(stats, time.perf_counter() - started, cpu_seconds() - cpu_started)}
@@ -448,6 +459,7 @@ class TrainingLoop:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         previous = signal.signal(signal.SIGTERM, self.request_stop)
+        self.run_started = time.monotonic()
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
                 started, cpu_started = time.perf_counter(), cpu_seconds()
