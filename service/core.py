@@ -198,7 +198,7 @@ class InferenceCore:
         self.ready = False
         for model in self.models:
             await model.batcher.stop()
-        self._cpu.shutdown(wait=True)
+        self._cpu.shutdown(wait=False, cancel_futures=True)  # queued CPU work of cut requests never starts
 
     def begin_drain(self) -> None:
         """From now on refuse new requests (503 / UNAVAILABLE) and report not ready; admitted ones go on."""
