@@ -83,6 +83,9 @@ def main() -> int:
     args = parser.parse_args()
 
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
+    if not (args.run / "best.pt").is_file():  # written only by an epoch that beat the campaign's best validation
+        print(json.dumps({"released": False, "reason": f"no epoch of {args.run} beat the campaign's best"}))
+        return 3
     model, extra = load_checkpoint(args.run / "best.pt")
     card_path = ASSETS_DIR / f"{args.name}.json"
     with tempfile.TemporaryDirectory(prefix="effpose-release-") as folder:
