@@ -115,6 +115,9 @@ def test_errors_map_to_the_protocol(service, protocol):
         bad.set_data_from_numpy(np.array([b"not an image"], dtype=object))
         client.infer("effpose-pose", [bad])
     assert client.is_server_live()  # and the server keeps serving
+    route = "/v2/models/{name}/infer" if protocol == "http" else "/inference.GRPCInferenceService/ModelInfer"
+    metrics = httpx.get(f"{service.base_url}/metrics", timeout=10).text
+    assert f'route="{route}"' in metrics  # answers of both protocols are counted like /v1's
 
 
 def test_json_requests_versions_and_the_error_shape(service):
