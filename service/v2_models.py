@@ -13,7 +13,7 @@ Two kinds, over the same inference core as ``/v1/pose``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -151,7 +151,7 @@ class V2Models:
             raise ModelNotFound(f"model {name!r} has version {model.version!r}, not {version!r}")
         return model
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[V2Model]:
         return iter(self._by_name.values())
 
 

@@ -31,13 +31,13 @@ async def v2_models(request: Request) -> V2Models:
     return request.state.v2_models
 
 
-async def inference_core(request: Request) -> InferenceCore:
-    """Dependency: the inference core (for health)."""
-    return request.state.core
-
-
 Models = Annotated[V2Models, Depends(v2_models)]
-Core = Annotated[InferenceCore, Depends(inference_core)]
+
+
+def serving(request: Request) -> bool:
+    """Whether the service is ready for traffic (its inference core, from the app's lifespan state)."""
+    core: InferenceCore = request.state.core
+    return core.serving
 
 
 def v2_error(error: ServiceError) -> JSONResponse:
@@ -59,9 +59,9 @@ async def live() -> Response:
 
 
 @router.get("/health/ready")
-async def ready(core: Core) -> Response:
+async def ready(request: Request) -> Response:
     """Readiness: 200 when the models are loaded and warm and the service is not draining, else 503."""
-    return Response(status_code=200 if core.serving else 503)
+    return Response(status_code=200 if serving(request) else 503)
 
 
 @router.get("/models/{name}")
@@ -76,13 +76,13 @@ async def model_metadata(name: str, models: Models, version: str | None = None) 
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, models: Models, core: Core, version: str | None = None) -> Response:
+async def model_ready(request: Request, name: str, models: Models, version: str | None = None) -> Response:
     """200 when the model is served and the service ready, 404 for an unknown model, 503 while not ready."""
     try:
         models.get(name, version)
     except ServiceError as error:
         return v2_error(error)
-    return Response(status_code=200 if core.serving else 503)
+    return Response(status_code=200 if serving(request) else 503)
 
 
 @router.post("/models/{name}/infer")
