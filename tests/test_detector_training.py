@@ -132,6 +132,9 @@ def test_merge_keeps_only_teacher_boxes_the_annotation_missed() -> None:
     teacher = np.array([[0.5, 0.0, 10.5, 10.0], [50.0, 50.0, 60.0, 70.0]], np.float32)
     np.testing.assert_allclose(merge_boxes(gt, teacher, 0.5), [[0, 0, 10, 10], [50, 50, 60, 70]])
     np.testing.assert_allclose(merge_boxes(np.zeros((0, 4), np.float32), teacher, 0.5), teacher)
+    head = np.array([[2.0, 0.0, 8.0, 4.0]], np.float32)  # IoU 0.24 with the person, but 100% inside it
+    np.testing.assert_allclose(merge_boxes(gt, head, 0.5), gt)
+    np.testing.assert_allclose(merge_boxes(gt, head, 0.5, max_inside=1.0), [[0, 0, 10, 10], [2, 0, 8, 4]])
 
 
 @pytest.fixture()

@@ -25,13 +25,15 @@ class DetectionSource(DataSource):
 
     ``boxes``: ``"gt"`` every non-crowd person annotation of the file; ``"teacher"`` the detections of a teacher
     (``teacher``: COCO results JSON, category 1) with score >= ``teacher_threshold``; ``"merged"`` the GT boxes
-    plus every teacher box whose IoU with all of them is <= ``merge_iou`` (people the annotation left out).
+    plus every teacher box whose IoU with all of them is <= ``merge_iou`` and that lies at most ``merge_inside``
+    inside any of them (people the annotation left out, not parts of annotated ones).
     """
 
     boxes: Literal["gt", "teacher", "merged"] = "gt"
     teacher: str = ""
     teacher_threshold: float = 0.5
     merge_iou: float = 0.5
+    merge_inside: float = 0.7
 
     def teacher_path(self) -> Path:
         """The teacher results file (relative paths are relative to the working directory)."""
@@ -44,8 +46,8 @@ class DetectionSource(DataSource):
         if (self.boxes == "gt") == bool(self.teacher):
             raise ValueError(f"source {self.name!r}: boxes={self.boxes!r} "
                              f"{'takes no' if self.boxes == 'gt' else 'needs a'} teacher results file")
-        if not 0.0 <= self.teacher_threshold <= 1.0 or not 0.0 <= self.merge_iou <= 1.0:
-            raise ValueError(f"source {self.name!r}: teacher_threshold and merge_iou must lie in [0, 1]")
+        if not all(0.0 <= value <= 1.0 for value in (self.teacher_threshold, self.merge_iou, self.merge_inside)):
+            raise ValueError(f"source {self.name!r}: teacher_threshold, merge_iou and merge_inside must lie in [0, 1]")
         paths = [*self.paths(), *([self.teacher_path()] if self.teacher else [])]
         for path in paths:
             if not path.exists():

@@ -68,12 +68,19 @@ def teacher_boxes(results_json: str | Path, threshold: float) -> dict[int, list[
     return _boxes_by_image(kept, f"teacher file {path}")
 
 
-def merge_boxes(gt: np.ndarray, teacher: np.ndarray, max_iou: float) -> np.ndarray:
-    """``gt`` plus the ``teacher`` boxes whose IoU with every GT box is <= ``max_iou`` (all (M, 4) xyxy)."""
+def merge_boxes(gt: np.ndarray, teacher: np.ndarray, max_iou: float, max_inside: float = 0.7) -> np.ndarray:
+    """``gt`` plus the ``teacher`` boxes of people the annotation left out (all (M, 4) xyxy): those whose IoU with
+    every GT box is <= ``max_iou`` and of which no GT box covers more than ``max_inside`` (a teacher box mostly
+    inside an annotated person is a body part or a split of that person, not another person)."""
     if len(gt) == 0 or len(teacher) == 0:
         return np.concatenate([gt, teacher]).reshape(-1, 4)
     overlap = box_iou(teacher, gt).max(axis=1)
-    return np.concatenate([gt, teacher[overlap <= max_iou]])
+    top_left = np.maximum(teacher[:, None, :2], gt[None, :, :2])
+    bottom_right = np.minimum(teacher[:, None, 2:], gt[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0.0, None).prod(axis=2)
+    area = np.clip(teacher[:, 2:] - teacher[:, :2], 0.0, None).prod(axis=1)
+    inside = (intersection / np.maximum(area, 1e-9)[:, None]).max(axis=1)
+    return np.concatenate([gt, teacher[(overlap <= max_iou) & (inside <= max_inside)]])
 
 
 def load_source(source: DetectionSource) -> list[ImageBoxes]:
@@ -89,7 +96,7 @@ def load_source(source: DetectionSource) -> list[ImageBoxes]:
     for image in data["images"]:
         own = np.asarray(gt.get(image["id"], []), dtype=np.float32).reshape(-1, 4)
         extra = np.asarray(teacher.get(image["id"], []), dtype=np.float32).reshape(-1, 4)
-        boxes = merge_boxes(own, extra, source.merge_iou)  # one side is empty unless the kind is "merged"
+        boxes = merge_boxes(own, extra, source.merge_iou, source.merge_inside)  # one side empty unless merged
         if len(boxes):
             boxes.setflags(write=False)
             records.append(ImageBoxes(image_root / image["file_name"], int(image["id"]), boxes, source.name))
