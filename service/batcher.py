@@ -3,6 +3,9 @@
 - ``max_batch_size`` crops per model call; a request with more crops is split into chunks of that size.
 - A batch is formed from the oldest queued chunk plus whatever else arrives within ``max_queue_delay_s``
   of it (or until the batch is full). With batching off, every chunk runs alone at once.
+- With ``wait_only_when_announced``, a partial batch waits for company only while callers have announced work on
+  its way (:meth:`DynamicBatcher.expecting`, around a request's CPU stage): with none announced nothing can join
+  it, and it runs at once instead of idling out the window (a lone request at low load saves the whole window).
 - The queue holds at most ``max_queue_length`` chunks; a request that does not fit is refused at once
   (:class:`~service.errors.Overloaded`) instead of growing latency without bound. An empty queue takes any
   request, so one larger than the whole queue is still served.
@@ -17,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -75,6 +79,7 @@ class DynamicBatcher:
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         thread_initializer: Callable[[], None] | None = None,
+        wait_only_when_announced: bool = False,
         clock: Clock = time.monotonic,
         call_later: CallLater = _loop_call_later,
     ):
@@ -86,6 +91,8 @@ class DynamicBatcher:
         self.max_queue_length = max_queue_length
         self.enabled = enabled
         self.on_batch = on_batch
+        self.wait_only_when_announced = wait_only_when_announced
+        self._announced = 0  # requests announced by expecting() and not yet through it
         self.clock = clock  # seconds; deadlines passed to submit count on it
         self.call_later = call_later  # must count seconds as clock does
         self._queue: collections.deque[_Chunk] = collections.deque()
@@ -99,6 +106,17 @@ class DynamicBatcher:
     def depth(self) -> int:
         """Chunks waiting in the queue."""
         return len(self._queue)
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Announce, for the duration of the block, a request that will submit soon (see the module docstring);
+        submit after leaving the block, with no ``await`` in between."""
+        self._announced += 1
+        try:
+            yield
+        finally:
+            self._announced -= 1
+            self._wakeup.set()  # a batch waiting for company re-checks whether any is still on its way
 
     def start(self) -> None:
         """Start the batch-forming task on the running event loop."""
@@ -205,12 +223,12 @@ class DynamicBatcher:
                     return batch
                 batch.append(self._queue.popleft())
                 size += len(chunk.inputs)
-            if not batch or size >= self.max_batch_size or not self.enabled:
+            if not batch or size >= self.max_batch_size or not self.enabled or not self._company_possible():
                 return batch
             remaining = batch[0].enqueued + self.max_queue_delay_s - self.clock()
             if remaining <= 0:
                 return batch
-            self._wakeup.clear()  # set by the next submit or when the window closes
+            self._wakeup.clear()  # set by the next submit, an announcement's end or the window's close
             window = self.call_later(remaining, self._wakeup.set)
             try:
                 await self._wakeup.wait()
@@ -219,6 +237,10 @@ class DynamicBatcher:
                 raise
             finally:
                 window.cancel()
+
+    def _company_possible(self) -> bool:
+        """Whether a partial batch may still get company by waiting."""
+        return not self.wait_only_when_announced or self._announced > 0
 
 
 def _fail(chunks: Iterable[_Chunk], error: BaseException) -> None:

@@ -3,8 +3,9 @@
 admission (by the work in flight) -> the requested model -> image header -> pixel budget -> bounded decode (large
 JPEGs reduced) -> detector stage (or client boxes, clipped to the image) -> affine crops -> the model's dynamic
 batcher -> pose model -> keypoints in original-image pixels. CPU work (decode, detection, cropping, heatmap
-decoding, rendering) runs in a thread pool and model work in the batchers' threads, so the event loop only
-coordinates and answers at once.
+decoding, rendering) runs in a thread pool (heatmap decoding in a thread of its own, so that answers are not held
+up behind new requests) and model work in the batchers' threads, so the event loop only coordinates and answers at
+once.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ class InferenceCore:
         self.pixels = PixelBudget(settings.pixel_budget)
         self._cpu = ThreadPoolExecutor(max_workers=settings.cpu_workers, thread_name_prefix="effpose-cpu",
                                        initializer=lower_current_thread(nice))
+        # Requests whose heatmaps are back finish on a thread of their own instead of queueing behind the CPU stages
+        # of newer requests: at saturation that wait was the tail of the latency (C=16 p99 +15%, docs/benchmarks.md).
+        self._finishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="effpose-finish",
+                                             initializer=lower_current_thread(nice))
         self.ready = False
         self.draining = False
         self.metrics.queue_depth.set_function(lambda: sum(model.batcher.depth for model in self.models))
@@ -163,6 +168,7 @@ class InferenceCore:
                 pipeline.run, max_batch_size=settings.max_batch_size,
                 max_queue_delay_s=settings.max_queue_delay_ms / 1000.0, max_queue_length=settings.max_queue_length,
                 enabled=settings.batching, on_batch=self._record_batch, thread_initializer=lower_current_thread(nice),
+                wait_only_when_announced=True,
             )
             models.append(ServedModel(name, path, pipeline, batcher))
         return models
@@ -198,7 +204,8 @@ class InferenceCore:
         self.ready = False
         for model in self.models:
             await model.batcher.stop()
-        self._cpu.shutdown(wait=False, cancel_futures=True)  # queued CPU work of cut requests never starts
+        for pool in (self._cpu, self._finishing):
+            pool.shutdown(wait=False, cancel_futures=True)  # queued CPU work of cut requests never starts
 
     def begin_drain(self) -> None:
         """From now on refuse new requests (503 / UNAVAILABLE) and report not ready; admitted ones go on."""
@@ -281,14 +288,15 @@ class InferenceCore:
         await self.pixels.acquire(header.decoded_pixels, deadline)
         try:
             self._check_deadline(deadline)
-            image, prepared = await self._in_cpu(self._cpu_stage, model.pipeline, request, det_threshold,
-                                                 max_persons, flip, timings)
+            with model.batcher.expecting():  # a batch forming meanwhile may wait for this request's crops
+                image, prepared = await self._in_cpu(self._cpu_stage, model.pipeline, request, det_threshold,
+                                                     max_persons, flip, timings)
             self._check_deadline(deadline)
             clock = time.perf_counter()
             heatmaps, queue_s = (await model.batcher.submit(prepared.tensor, deadline) if len(prepared)
                                  else (prepared.tensor, 0.0))
-            persons = (await self._in_cpu(self._finish, model.pipeline, prepared, heatmaps, image) if len(prepared)
-                       else [])
+            persons = (await self._in_cpu(self._finish, model.pipeline, prepared, heatmaps, image,
+                                          pool=self._finishing) if len(prepared) else [])
         finally:
             self.pixels.release(header.decoded_pixels)
         timings["queue"] = queue_s * 1000.0
@@ -353,8 +361,9 @@ class InferenceCore:
         if time.monotonic() >= deadline:
             raise DeadlineExceeded("deadline passed before pose estimation")
 
-    async def _in_cpu(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._cpu, function, *args)
+    async def _in_cpu(self, function: Callable[..., T], *args: object, pool: ThreadPoolExecutor | None = None) -> T:
+        """``function(*args)`` on the CPU pool (or ``pool``), awaited."""
+        return await asyncio.get_running_loop().run_in_executor(pool or self._cpu, function, *args)
 
 
 def _render(result: PoseResult, keypoint_threshold: float, fmt: str) -> bytes:

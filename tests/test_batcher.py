@@ -339,6 +339,64 @@ def test_waits_at_most_the_queue_delay_for_a_partial_batch() -> None:
     assert run(scenario) == WINDOW
 
 
+def test_with_nothing_announced_a_partial_batch_runs_at_once() -> None:
+    async def scenario():
+        clock, model = FakeClock(), Model()
+        batcher = started(model, clock, max_batch_size=64, max_queue_delay_s=WINDOW, wait_only_when_announced=True)
+        outputs, queue_seconds = await batcher.submit(items(1), NEVER)  # the clock never moves
+        await batcher.stop()
+        return outputs, queue_seconds, clock.armed()
+
+    outputs, queue_seconds, armed = run(scenario)
+    assert float(outputs[0, 0]) == 2.0 and queue_seconds == 0.0
+    assert armed == []  # no window was opened
+
+
+async def announced(batcher: DynamicBatcher, cpu_stage: asyncio.Event, inputs: np.ndarray | None) -> Any:
+    """A request as the service core makes one: announced while its CPU stage (until ``cpu_stage`` is set) runs,
+    then submitted at once, unless its stage found nothing to submit (``inputs`` None)."""
+    with batcher.expecting():
+        await cpu_stage.wait()
+    return None if inputs is None else await batcher.submit(inputs, NEVER)
+
+
+def test_a_partial_batch_waits_for_an_announced_request_and_takes_it() -> None:
+    async def scenario():
+        clock, model = FakeClock(), Model()
+        batcher = started(model, clock, max_batch_size=64, max_queue_delay_s=WINDOW, wait_only_when_announced=True)
+        cpu_stage, opened = asyncio.Event(), clock.now
+        second = asyncio.ensure_future(announced(batcher, cpu_stage, items(2)))
+        first = await enqueue(batcher, items(1))
+        await settle(lambda: opened + WINDOW in clock.armed())  # waits: a request is on its way
+        clock.advance(WINDOW / 4)
+        cpu_stage.set()
+        results = await asyncio.gather(first, second)
+        await batcher.stop()
+        return model, results
+
+    model, results = run(scenario)
+    assert [batch[:, 0].tolist() for batch in model.batches] == [[1.0, 2.0]]
+    assert [queue_seconds for _, queue_seconds in results] == [WINDOW / 4, 0.0]
+
+
+def test_a_waiting_batch_leaves_when_the_announced_request_brings_nothing() -> None:
+    async def scenario():
+        clock, model = FakeClock(), Model()
+        batcher = started(model, clock, max_batch_size=64, max_queue_delay_s=WINDOW, wait_only_when_announced=True)
+        cpu_stage, opened = asyncio.Event(), clock.now
+        empty = asyncio.ensure_future(announced(batcher, cpu_stage, None))  # e.g. an image with nobody in it
+        first = await enqueue(batcher, items(1))
+        await settle(lambda: opened + WINDOW in clock.armed())
+        cpu_stage.set()
+        outputs, queue_seconds = await first  # the clock never reaches the window's end
+        await empty
+        await batcher.stop()
+        return outputs, queue_seconds
+
+    outputs, queue_seconds = run(scenario)
+    assert float(outputs[0, 0]) == 2.0 and queue_seconds == 0.0
+
+
 def test_batch_stats_report_every_model_call() -> None:
     async def scenario():
         stats: list[BatchStats] = []
