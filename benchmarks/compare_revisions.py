@@ -69,6 +69,11 @@ def server(tree: Path) -> Iterator[tuple[str, str]]:
         process.wait(60)
 
 
+def file_label(revision: str) -> str:
+    """A file-name-safe label of a revision ("." is the working tree)."""
+    return "worktree" if revision == "." else revision.replace("/", "_").replace("~", "-").replace("^", "-")
+
+
 def summarise(reports: dict[str, list[dict]]) -> str:
     """A Markdown table: per revision, the mean over its runs of each closed-loop and open-loop point."""
     rows: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         addresses = [stack.enter_context(server(stack.enter_context(checkout(label)))) for label in labels]
         for run, index in enumerate(ORDER):
             http, grpc = addresses[index]
-            out = args.out_dir / f"{labels[index].replace('/', '_')}_{run}.json"
+            out = args.out_dir / f"{file_label(labels[index])}_{run}.json"
             command = [sys.executable, str(ROOT / "benchmarks" / "service_load.py"), "--http", http, "--grpc", grpc,
                        *shlex.split(args.load_args), "--out", str(out)]
             print(f"run {run + 1}/{len(ORDER)}: {labels[index]}", file=sys.stderr, flush=True)
