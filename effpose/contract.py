@@ -2,7 +2,8 @@
 
 :class:`PoseContract` is written into the ONNX metadata at export (:mod:`effpose.export`) and read back from it
 by the runtime (:mod:`effpose.runtime`): crop size, heatmap stride, box padding, input normalisation, keypoint
-names, skeleton, flip pairs and output decoder. This module is the only place their defaults live.
+names, skeleton, flip pairs and output decoder with its sub-pixel refinement. This module is the only place
+their defaults live.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ INPUT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 INPUT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: The output the runtime decodes: one heatmap per joint at 1 / stride of the input.
 HEATMAP_DECODER = "heatmaps"
+#: Sub-pixel refinement of each heatmap's argmax ("quarter" or "dark", see :mod:`effpose.processing.heatmap`) when
+#: a model does not state one; releases state the one that scored best on the validation split.
+DEFAULT_REFINEMENT = "quarter"
+#: DARK's Gaussian blur kernel when a model does not state one (the DARK paper's, for 64x48 heatmaps).
+DEFAULT_DARK_KERNEL = 11
+REFINEMENTS = ("quarter", "dark")
 
 _PREFIX = "effpose."
 
@@ -43,6 +50,8 @@ class PoseContract:
     skeleton: tuple[tuple[int, int], ...] = tuple(tuple(pair) for pair in SKELETON)
     flip_pairs: tuple[tuple[int, int], ...] = tuple(tuple(pair) for pair in FLIP_PAIRS)
     decoder: str = HEATMAP_DECODER
+    refinement: str = DEFAULT_REFINEMENT
+    dark_kernel: int = DEFAULT_DARK_KERNEL
 
     def __post_init__(self) -> None:
         width, height = self.input_size
@@ -50,6 +59,10 @@ class PoseContract:
             raise ValueError(f"input size {self.input_size} must be positive multiples of the stride {self.stride}")
         if self.padding <= 0:
             raise ValueError(f"padding must be > 0, got {self.padding}")
+        if self.refinement not in REFINEMENTS:
+            raise ValueError(f"refinement must be one of {REFINEMENTS}, got {self.refinement!r}")
+        if self.dark_kernel < 1 or self.dark_kernel % 2 == 0:
+            raise ValueError(f"dark_kernel must be a positive odd integer, got {self.dark_kernel}")
         if any(not 0 <= joint < self.num_joints for pair in self.flip_pairs for joint in pair):
             raise ValueError(f"flip pairs {self.flip_pairs} name joints outside 0..{self.num_joints - 1}")
 
@@ -101,5 +114,5 @@ class PoseContract:
 _METADATA_KEYS: dict[str, str] = {
     "input_size": "input_size", "stride": "stride", "padding": "padding", "mean": "input_mean",
     "std": "input_std", "keypoint_names": "keypoint_names", "skeleton": "skeleton", "flip_pairs": "flip_pairs",
-    "decoder": "decoder",
+    "decoder": "decoder", "refinement": "refinement", "dark_kernel": "dark_kernel",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,22 @@ def export_onnx(
     model = model.eval()
     dummy = torch.zeros(2, 3, input_size[1], input_size[0])
     return save_onnx(model, dummy, path, INPUT_NAME, OUTPUT_NAME, model_metadata(model, input_size, weights, version))
+
+
+def restate_contract(path: str | Path, **changes: object) -> PoseContract:
+    """Rewrite the contract in an exported model's metadata with ``changes`` (e.g. the decoder refinement chosen on
+    validation at release); the graph and the weights stay as they are. Returns the contract now stated."""
+    proto = onnx.load(str(path))
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    shape = [dim.dim_value or dim.dim_param for dim in proto.graph.input[0].type.tensor_type.shape.dim]
+    contract = replace(PoseContract.from_metadata(metadata, shape), **changes)
+    metadata.update(contract.to_metadata())
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return contract
 
 
 @torch.no_grad()

@@ -85,7 +85,7 @@ class PoseEstimator:
         intra_op_threads: int | None = None,
         inter_op_threads: int | None = None,
         padding: float | None = None,
-        decode: DecodeMethod = "quarter",
+        decode: DecodeMethod | None = None,
         flip: bool = False,
     ):
         if not Path(model_path).is_file():
@@ -95,7 +95,7 @@ class PoseEstimator:
         self.input_name = self.session.get_inputs()[0].name
         self.contract = self.info.contract
         self.padding = self.contract.padding if padding is None else padding
-        self.decode_method = decode
+        self.decode_method = decode or self.contract.refinement  # None: the refinement the model states
         self.flip = flip
 
     def prepare(self, image: np.ndarray, boxes: np.ndarray | Sequence[Sequence[float]]) -> PreparedCrops:
@@ -136,6 +136,6 @@ class PoseEstimator:
             raise ValueError(f"heatmaps of {heatmaps.shape[-1]}x{heatmaps.shape[-2]} do not match the contract's "
                              f"{self.contract.heatmap_size[0]}x{self.contract.heatmap_size[1]} (stride "
                              f"{self.contract.stride})")
-        coords, scores = decode_heatmaps(heatmaps, method=self.decode_method)
+        coords, scores = decode_heatmaps(heatmaps, method=self.decode_method, dark_kernel=self.contract.dark_kernel)
         points = heatmap_to_image(coords, matrices, self.contract.stride)
         return np.concatenate([points, scores[..., None]], axis=-1)

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     providers: str = Field("cpu", description="cpu, cuda or auto")
     threads: int = Field(default_factory=available_cpus, ge=1, description="ONNX Runtime intra-op threads per model")
     flip: bool = Field(False, description="flip test by default (requests may override)")
-    decode: Literal["quarter", "dark"] = "dark"
+    decode: Literal["quarter", "dark"] | None = Field(
+        None, description="sub-pixel refinement of the heatmaps; default: each model's own (its ONNX metadata)")
 
     # Detector stage
     detector: Literal["auto", "onnx", "whole-image"] = Field(

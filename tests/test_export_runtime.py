@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from effpose.contract import PoseContract
-from effpose.export import check_parity
+from effpose.export import check_parity, restate_contract
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES
 from effpose.onnx_session import resolve_providers
 from effpose.pipeline import TopDownPipeline, person_score
-from effpose.processing import merge_flip
+from effpose.processing import decode_heatmaps, merge_flip
 from effpose.runtime import PoseEstimator
 
 
@@ -73,6 +73,28 @@ def test_the_contract_travels_in_the_metadata_and_is_what_the_runtime_uses(rando
     onnx.save(model, str(tmp_path / "contradicts.onnx"))
     with pytest.raises(ValueError, match="input size"):
         PoseEstimator(tmp_path / "contradicts.onnx")
+
+
+def test_the_refinement_a_model_states_is_the_runtime_default(random_onnx_a, tmp_path) -> None:
+    assert PoseEstimator(random_onnx_a).decode_method == "quarter"  # a file that states none: the default
+    refined = tmp_path / "refined.onnx"
+    refined.write_bytes(random_onnx_a.read_bytes())
+    contract = restate_contract(refined, refinement="dark", dark_kernel=5)
+    assert (contract.refinement, contract.dark_kernel) == ("dark", 5)
+    estimator = PoseEstimator(refined)
+    assert estimator.contract == contract and estimator.decode_method == "dark"
+    np.testing.assert_array_equal(estimator.session.run(None, {"input": np.zeros((1, 3, 256, 192), np.float32)})[0],
+                                  PoseEstimator(random_onnx_a).session.run(
+                                      None, {"input": np.zeros((1, 3, 256, 192), np.float32)})[0])  # same weights
+    heatmaps = np.random.default_rng(0).random((2, 17, 64, 48)).astype(np.float32)
+    identity = np.tile(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), (2, 1, 1))
+    expected, _ = decode_heatmaps(heatmaps, "dark", dark_kernel=5)
+    np.testing.assert_allclose(estimator.decode(heatmaps, identity)[..., :2], expected * 4, atol=1e-3)
+    assert PoseEstimator(refined, decode="quarter").decode_method == "quarter"  # an explicit choice wins
+    with pytest.raises(ValueError, match="dark_kernel"):
+        restate_contract(refined, dark_kernel=4)
+    with pytest.raises(ValueError, match="refinement"):
+        PoseContract(refinement="argmax")
 
 
 def test_pooled_images_give_what_each_image_gives_alone(random_onnx_a) -> None:

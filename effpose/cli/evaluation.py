@@ -103,7 +103,8 @@ def add_parsers(subparsers: Any) -> None:
                           help="gt (GT person boxes, default) or a COCO detection results JSON")
     evaluate.add_argument("--box-score-threshold", type=float, default=0.0, help="drop detections scoring lower")
     evaluate.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
-    evaluate.add_argument("--decode", choices=("quarter", "dark"), default="quarter", help="sub-pixel refinement")
+    evaluate.add_argument("--decode", choices=("quarter", "dark"),
+                          help="sub-pixel refinement (default: the model's own, from its ONNX metadata)")
     evaluate.add_argument("--providers", default="cpu", help="cpu, cuda or auto")
     evaluate.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     evaluate.add_argument("--batch-size", type=int, default=32, help="crops per inference batch")

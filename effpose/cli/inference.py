@@ -115,7 +115,8 @@ def add_parsers(subparsers: Any) -> None:
     predict.add_argument("--out", type=Path, help="write the image with skeletons drawn")
     predict.add_argument("--json", action="store_true", help="print the result as JSON")
     predict.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
-    predict.add_argument("--decode", choices=("quarter", "dark"), default="quarter", help="sub-pixel refinement")
+    predict.add_argument("--decode", choices=("quarter", "dark"),
+                         help="sub-pixel refinement (default: the model's own, from its ONNX metadata)")
     predict.add_argument("--keypoint-threshold", type=float, default=0.3, help="only for drawing and the summary")
     predict.add_argument("--providers", default="cpu", help="cpu, cuda or auto")
     predict.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")

@@ -85,7 +85,7 @@ class _ImageTask:
 
 def load_estimator(
     model_path: str | Path,
-    decode: DecodeMethod = "quarter",
+    decode: DecodeMethod | None = None,
     flip: bool = False,
     threads: int | None = None,
     providers: str = "cpu",
@@ -95,7 +95,8 @@ def load_estimator(
 
     A checkpoint is exported to a temporary ONNX file exactly as ``effpose export`` does, so what is evaluated
     is what ships; only this branch imports torch. Its crop size ``input_size`` (width, height) defaults to the
-    checkpoint's ``train_config["input_size"]`` when it has one, else 192x256.
+    checkpoint's ``train_config["input_size"]`` when it has one, else 192x256. ``decode`` None uses the refinement
+    the model states.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
