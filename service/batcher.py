@@ -50,7 +50,7 @@ def _loop_call_later(delay: float, callback: Callable[[], None]) -> Timer:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
-@dataclass
+@dataclass(eq=False)  # chunks are compared by identity
 class _Chunk:
     inputs: np.ndarray
     deadline: float  # on the batcher's clock
@@ -163,6 +163,8 @@ class DynamicBatcher:
             expiry.cancel()
             for future in futures:
                 future.cancel()  # no-op for finished ones; drops still-queued chunks of a cancelled caller
+            if any(chunk in self._queue for chunk in queued):  # a failed or cancelled caller: its chunks leave the
+                self._queue = collections.deque(c for c in self._queue if c not in queued)  # queue's count now
         return np.concatenate(outputs, axis=0), max(chunk.started - chunk.enqueued for chunk in queued)
 
     def retry_after(self) -> float:

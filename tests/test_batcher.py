@@ -292,14 +292,15 @@ def test_a_chunk_found_expired_when_its_batch_forms_is_dropped_not_computed() ->
 def test_cancelled_caller_has_its_queued_work_dropped() -> None:
     async def scenario():
         clock, model = FakeClock(), Model(hold=True)
-        batcher = started(model, clock, max_batch_size=1, max_queue_delay_s=0.0)
+        batcher = started(model, clock, max_batch_size=1, max_queue_delay_s=0.0, max_queue_length=1)
         blocker = asyncio.ensure_future(batcher.submit(items(0), NEVER))
         await model.entered()
         gone = await enqueue(batcher, items(5))
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone
-        after = await enqueue(batcher, items(6))
+        assert batcher.depth == 0  # gone from the queue's count at once, while the model is still busy
+        after = await enqueue(batcher, items(6))  # so the one-chunk queue takes the next request
         model.release(2)
         await blocker
         outputs = await after

@@ -258,7 +258,8 @@ def test_vanishing_client_has_its_work_cancelled(random_onnx_a):
             while 'effpose_rejected_requests_total{reason="cancelled"}' not in http.get("/metrics").text:
                 assert time.monotonic() < deadline, "the abandoned request was not cancelled"
                 time.sleep(0.1)
-            assert post_pose(http).status_code == 200
+            answer = post_pose(http)
+            assert answer.status_code == 200, answer.text
         finally:
             for logger in loggers:
                 logger.removeHandler(errors)
