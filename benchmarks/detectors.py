@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
 
 def pose_metrics(pose_model: Path, boxes: str | Path, threads: int) -> dict[str, float]:
     """``effpose eval`` of the pose model on the COCO val split with ``boxes`` ("gt" or a results file)."""
-    estimator = load_estimator(pose_model, decode="dark", threads=threads)
+    estimator = load_estimator(pose_model, threads=threads)  # decoded as the model states
     report = evaluate(estimator, DATA / ANNOTATIONS, DATA / IMAGES, boxes=boxes, flip=False)
     return {name: round(float(report.metrics[name]), 4) for name in POSE_METRICS}
 
