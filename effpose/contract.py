@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import Literal, get_args
 
 from effpose.keypoints import FLIP_PAIRS, KEYPOINT_NAMES, SKELETON
 
@@ -27,12 +28,19 @@ INPUT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 INPUT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: The output the runtime decodes: one heatmap per joint at 1 / stride of the input.
 HEATMAP_DECODER = "heatmaps"
-#: Sub-pixel refinement of each heatmap's argmax ("quarter" or "dark", see :mod:`effpose.processing.heatmap`) when
-#: a model does not state one; releases state the one that scored best on the validation split.
-DEFAULT_REFINEMENT = "quarter"
+#: Sub-pixel refinements of each heatmap's argmax (see :mod:`effpose.processing.heatmap`).
+Refinement = Literal["quarter", "dark"]
+REFINEMENTS: tuple[str, ...] = get_args(Refinement)
+#: The refinement when a model does not state one; releases state the one that scored best on the validation split.
+DEFAULT_REFINEMENT: Refinement = "quarter"
 #: DARK's Gaussian blur kernel when a model does not state one (the DARK paper's, for 64x48 heatmaps).
 DEFAULT_DARK_KERNEL = 11
-REFINEMENTS = ("quarter", "dark")
+
+
+def check_dark_kernel(kernel: int) -> None:
+    """Raise ValueError unless ``kernel`` is a usable DARK blur kernel (a positive odd integer)."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"dark_kernel must be a positive odd integer, got {kernel}")
 
 _PREFIX = "effpose."
 
@@ -50,7 +58,7 @@ class PoseContract:
     skeleton: tuple[tuple[int, int], ...] = tuple(tuple(pair) for pair in SKELETON)
     flip_pairs: tuple[tuple[int, int], ...] = tuple(tuple(pair) for pair in FLIP_PAIRS)
     decoder: str = HEATMAP_DECODER
-    refinement: str = DEFAULT_REFINEMENT
+    refinement: Refinement = DEFAULT_REFINEMENT
     dark_kernel: int = DEFAULT_DARK_KERNEL
 
     def __post_init__(self) -> None:
@@ -61,8 +69,7 @@ class PoseContract:
             raise ValueError(f"padding must be > 0, got {self.padding}")
         if self.refinement not in REFINEMENTS:
             raise ValueError(f"refinement must be one of {REFINEMENTS}, got {self.refinement!r}")
-        if self.dark_kernel < 1 or self.dark_kernel % 2 == 0:
-            raise ValueError(f"dark_kernel must be a positive odd integer, got {self.dark_kernel}")
+        check_dark_kernel(self.dark_kernel)
         if any(not 0 <= joint < self.num_joints for pair in self.flip_pairs for joint in pair):
             raise ValueError(f"flip pairs {self.flip_pairs} name joints outside 0..{self.num_joints - 1}")
 

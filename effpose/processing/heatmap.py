@@ -11,10 +11,11 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from effpose.contract import DEFAULT_DARK_KERNEL, DEFAULT_REFINEMENT, Refinement, check_dark_kernel
 from effpose.keypoints import flip_order
 from effpose.processing.affine import invert_affine
 
-DecodeMethod = Literal["quarter", "dark"]
+DecodeMethod = Refinement
 FlipShift = Literal["exact", "pixel"]
 
 _LOG_FLOOR = 1e-10
@@ -100,7 +101,7 @@ def _dark_offsets(heatmaps: np.ndarray, x: np.ndarray, y: np.ndarray, kernel: in
 
 
 def decode_heatmaps(
-    heatmaps: np.ndarray, method: DecodeMethod = "quarter", dark_kernel: int = 11
+    heatmaps: np.ndarray, method: DecodeMethod = DEFAULT_REFINEMENT, dark_kernel: int = DEFAULT_DARK_KERNEL
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode (N, J, h, w) heatmaps to sub-pixel peak coordinates and scores.
 
@@ -116,8 +117,7 @@ def decode_heatmaps(
     if method == "quarter":
         offsets = _quarter_offsets(heatmaps, x, y)
     elif method == "dark":
-        if dark_kernel < 1 or dark_kernel % 2 == 0:
-            raise ValueError(f"dark_kernel must be a positive odd integer, got {dark_kernel}")
+        check_dark_kernel(dark_kernel)
         offsets = _dark_offsets(heatmaps, x, y, dark_kernel)
     else:
         raise ValueError(f"method must be 'quarter' or 'dark', got {method!r}")
