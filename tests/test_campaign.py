@@ -224,3 +224,30 @@ def test_pack_command_refuses_a_pack_over_budget(tiny_config: Path, tmp_path: Pa
                              "--max-mib", "0.001"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "over --max-mib" in result.stderr
     assert json.loads(result.stdout)["persons"] == {"tiny": 8}
+
+
+def test_curve_fit_recovers_the_slope_and_prices_the_targets(tmp_path: Path) -> None:
+    """scripts/campaign_curve.py on a synthetic log: LSPet PCK rises 0.05 per e-fold of crops, COCO AP is flat."""
+    crops = np.geomspace(800_000, 2_000_000, 12)
+    epochs = [{"run": "r", "complete": True, "crops_seen": int(c), "cpu_hours": c / 100_000,
+               "coco_val/AP": 0.08 + 0.002 * (-1) ** i, "coco_val/PCK@0.2": 0.45,
+               "lspet_val/AP": 0.2 + 0.06 * np.log(c / crops[0]),
+               "lspet_val/PCK@0.2": 0.3 + 0.05 * np.log(c / crops[0])}
+              for i, c in enumerate(crops)]
+    epochs.insert(3, {**epochs[3], "complete": False, "lspet_val/PCK@0.2": 0.0})  # a cut epoch is left out
+    log = tmp_path / "campaign_metrics.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    result = subprocess.run([sys.executable, "scripts/campaign_curve.py", "--log", str(log), "--since-crops", "0",
+                             "--json", str(tmp_path / "curve.json")], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "curve.json").read_text())
+    pck = summary["metrics"]["lspet_val/PCK@0.2"]
+    assert summary["epochs"] == 12 and summary["crops_per_cpu_hour"] == pytest.approx(100_000)
+    assert pck["per_efold"] == pytest.approx(0.05) and pck["r2"] == pytest.approx(1.0)
+    now = 0.3 + 0.05 * np.log(crops[-1] / crops[0])
+    expected_crops = crops[-1] * np.exp((0.6 - now) / 0.05)
+    assert pck["crops_needed"] == pytest.approx(expected_crops)
+    assert pck["cpu_hours_needed"] == pytest.approx((expected_crops - crops[-1]) / 100_000)
+    coco = summary["metrics"]["coco_val/AP"]
+    assert abs(coco["per_efold"]) < 0.005 and coco["r2"] < 0.5
+    assert "lspet_val/PCK@0.2" in result.stdout and "| 0.6 |" in result.stdout
