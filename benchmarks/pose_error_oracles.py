@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from effpose.assets import default_pose_model
-from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
+from effpose.data.coco import read_coco_json, xywh_to_xyxy
 from effpose.data.sources import data_root
 from effpose.evaluation import evaluate, load_estimator
 from effpose.evaluation.coco_eval import coco_keypoint_ap, drop_pseudo_keypoints
@@ -84,15 +83,6 @@ ORACLES: dict[str, Oracle | None] = {
 }
 
 
-def scored_persons(gt: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:
-    """Per image, the persons ``evaluate`` estimates from GT boxes, in the same order."""
-    persons: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for annotation in gt["annotations"]:
-        if is_scored_person(annotation) and xywh_to_xyxy(annotation["bbox"]) is not None:
-            persons[annotation["image_id"]].append(annotation)
-    return persons
-
-
 def heatmap_pixel(annotation: dict[str, Any], input_size: tuple[int, int], padding: float, stride: float) -> float:
     """Image pixels per heatmap pixel for the crop of this person's GT box."""
     width, height = input_size
@@ -108,21 +98,16 @@ def oracle_table(model: Path, flip: bool) -> dict[str, dict[str, dict[str, float
     for split, (annotation_file, image_dir) in SPLITS.items():
         gt = read_coco_json(data_root() / annotation_file)
         report = evaluate(estimator, data_root() / annotation_file, data_root() / image_dir)
-        persons = scored_persons(gt)
         labels = {annotation["id"]: annotation for annotation in drop_pseudo_keypoints(gt)["annotations"]}
-        by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for result in report.results:
-            by_image[result["image_id"]].append(result)
         table[split] = {}
         for name, oracle in ORACLES.items():
             edited = []
-            for image_id, results in by_image.items():
-                for result, person in zip(results, persons[image_id], strict=True):
-                    pred = np.asarray(result["keypoints"], np.float64).reshape(-1, 3)
-                    truth = np.asarray(labels[person["id"]]["keypoints"], np.float64).reshape(-1, 3)
-                    radius = heatmap_pixel(person, contract.input_size, contract.padding, contract.stride)
-                    keypoints = pred if oracle is None else oracle(pred, truth, radius)
-                    edited.append({**result, "keypoints": keypoints.reshape(-1).tolist()})
+            for result, person in zip(report.results, report.gt_persons, strict=True):
+                pred = np.asarray(result["keypoints"], np.float64).reshape(-1, 3)
+                truth = np.asarray(labels[person["id"]]["keypoints"], np.float64).reshape(-1, 3)
+                radius = heatmap_pixel(person, contract.input_size, contract.padding, contract.stride)
+                keypoints = pred if oracle is None else oracle(pred, truth, radius)
+                edited.append({**result, "keypoints": keypoints.reshape(-1).tolist()})
             metrics = coco_keypoint_ap(gt, edited)
             table[split][name] = {key: float(metrics[key]) for key in ("AP", "AP50", "AP75")}
     return table

@@ -199,6 +199,7 @@ def test_runner_with_gt_boxes(small_val, gt_box_report) -> None:
     persons = small["annotations"]
     assert len(report.results) == len(persons) == report.num_gt_persons
     assert [r["image_id"] for r in report.results] == [a["image_id"] for a in persons]
+    assert [a["id"] for a in report.gt_persons] == [a["id"] for a in persons]  # result i came from person i
     for result in report.results:
         assert result["category_id"] == 1 and len(result["keypoints"]) == 51
         assert isinstance(result["score"], float)
@@ -225,6 +226,7 @@ def test_runner_with_detections_equals_gt_boxes(small_val, gt_box_report, random
     assert report.metrics["AP"] == pytest.approx(gt_box_report.metrics["AP"], abs=1e-9)
     assert report.metrics["AR"] == pytest.approx(gt_box_report.metrics["AR"], abs=1e-9)
     assert report.metrics["PCK@0.2"] is None and report.metrics["per_joint_PCK@0.2"] is None
+    assert report.gt_persons is None
     got = np.array([r["keypoints"] for r in report.results])
     expected = np.array([r["keypoints"] for r in gt_box_report.results])
     np.testing.assert_allclose(got, expected, atol=1e-2)

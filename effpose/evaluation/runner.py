@@ -49,6 +49,7 @@ class EvaluationReport:
     num_boxes: int
     boxes: str
     pck_result: PCKResult | None = field(default=None, repr=False)
+    gt_persons: list[dict[str, Any]] | None = field(default=None, repr=False)  # GT boxes: result i's annotation
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary: the metrics at top level (NaN as None) plus the counts."""
@@ -161,7 +162,8 @@ def evaluate(
         -1, estimator.info.num_joints, 3)
 
     metrics: dict[str, Any] = coco_keypoint_ap(gt, results, drop_pseudo=drop_pseudo)
-    pck_result = _gt_box_pck(tasks, keypoints, drop_pseudo) if use_gt else None
+    gt_persons = [a for task in tasks for a in task.annotations or []] if use_gt else None
+    pck_result = _gt_box_pck(gt_persons, keypoints, drop_pseudo) if gt_persons is not None else None
     metrics[PCK_KEY] = None if pck_result is None else pck_result.pck
     metrics[PER_JOINT_PCK_KEY] = None if pck_result is None else {
         name: float(value) for name, value in zip(KEYPOINT_NAMES, pck_result.per_joint)
@@ -174,6 +176,7 @@ def evaluate(
         num_boxes=len(results),
         boxes="gt" if use_gt else str(boxes),
         pck_result=pck_result,
+        gt_persons=gt_persons,
     )
 
 
@@ -234,8 +237,7 @@ def _estimate(pipeline: TopDownPipeline, tasks: list[_ImageTask], image_dir: Pat
     return persons + (pipeline.run_pooled(pending) if pending else [])
 
 
-def _gt_box_pck(tasks: list[_ImageTask], keypoints: np.ndarray, drop_pseudo: bool) -> PCKResult:
-    annotations = [a for task in tasks for a in task.annotations or []]
+def _gt_box_pck(annotations: list[dict[str, Any]], keypoints: np.ndarray, drop_pseudo: bool) -> PCKResult:
     gt = np.array([a["keypoints"] for a in annotations], np.float64).reshape(-1, NUM_KEYPOINTS, 3)
     mask = np.ones(gt.shape[:2], bool)
     if drop_pseudo:
