@@ -101,3 +101,28 @@ def test_precise_bn_averages_statistics_over_the_given_batches() -> None:
     expected_mean = torch.stack([b["image"].mean(dim=(0, 2, 3)) for b in batches]).mean(0)
     assert torch.allclose(model.norm.running_mean, expected_mean, atol=1e-5)  # the 4th batch was not used
     assert model.norm.momentum == 0.1  # restored
+
+
+@pytest.mark.slow
+def test_depth_pruned_genotype_starts_from_the_full_networks_weights(tmp_path, random_model_a) -> None:
+    import dataclasses
+
+    import torch
+
+    from effpose.genotype import SKIP, Stage
+    from effpose.model import build_model, save_checkpoint
+    from effpose.training.trainer import initialise
+
+    full = tmp_path / "full.pt"
+    save_checkpoint(random_model_a, full)
+    stages = list(random_model_a.genotype.stages)
+    stages[2] = Stage(stages[2].channels, stages[2].stride, stages[2].ops[:1] + (SKIP,) * (len(stages[2].ops) - 1))
+    pruned = build_model(dataclasses.replace(random_model_a.genotype, name="pruned", stages=tuple(stages)))
+    initialise(pruned, "scratch", str(full))
+    weights = random_model_a.state_dict()
+    assert all(torch.equal(value, weights[name]) for name, value in pruned.state_dict().items())
+    assert not any(name.startswith("backbone.2.1.") for name in pruned.state_dict())
+    # a layer the checkpoint lacks is an error, not a silent random start
+    save_checkpoint(pruned, tmp_path / "pruned.pt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        initialise(build_model("A"), "scratch", str(tmp_path / "pruned.pt"))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from effpose.genotype import STEM_WIDTH, Genotype, load_genotype
+from effpose.genotype import SKIP, STEM_WIDTH, Genotype, load_genotype
 from effpose.keypoints import NUM_KEYPOINTS
 from effpose.model.blocks import ConvBNReLU, build_op
 
@@ -101,6 +101,12 @@ class GenotypeTrunk(nn.Module):
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this network (stored in checkpoints)."""
         return {"genotype": self.genotype.to_dict()}
+
+    def skipped_layer_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes (``backbone.S.L.``) of the layers this genotype skips: a checkpoint of a genotype that
+        has a layer there initialises this one without it (depth pruning)."""
+        return tuple(f"backbone.{s}.{i}." for s, stage in enumerate(self.genotype.stages)
+                     for i, op in enumerate(stage.ops) if op == SKIP)
 
 
 class EfficientPose(GenotypeTrunk):

@@ -88,14 +88,17 @@ def seed_everything(seed: int) -> None:
 def initialise(model: nn.Module, init: str, init_checkpoint: str = "") -> None:
     """Start ``model`` from a checkpoint's weights, the EfficientNet-Lite0 FNA remap (``init="lite0"``) or as built.
 
-    A checkpoint's SIC weights are left out when ``model`` has no SIC (the no-SIC ablation of a trained model).
+    A checkpoint's SIC weights are left out when ``model`` has no SIC (the no-SIC ablation of a trained model), and
+    so are the weights of backbone layers that ``model``'s genotype skips (a depth-pruned copy of a trained model).
     """
     if init_checkpoint:
         weights = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         own = model.state_dict()
-        dropped = [name for name in weights if name.startswith("sic.") and name not in own]
+        left_out = ("sic.", *model.skipped_layer_prefixes()) if isinstance(model, GenotypeTrunk) else ("sic.",)
+        dropped = [name for name in weights if name.startswith(left_out) and name not in own]
         model.load_state_dict({name: value for name, value in weights.items() if name not in dropped})
-        log.info("initialised from %s%s", init_checkpoint, f" without {dropped}" if dropped else "")
+        layers = sorted({prefix.rstrip(".") for prefix in left_out for name in dropped if name.startswith(prefix)})
+        log.info("initialised from %s%s", init_checkpoint, f" without the weights of {layers}" if dropped else "")
     elif init == "lite0":
         report = remap_lite0(model)
         log.info("FNA remap of EfficientNet-Lite0: %d tensors, %.0f%% of values", report.tensors_copied,
