@@ -88,6 +88,17 @@ class Genotype:
             "stages": [{"channels": s.channels, "stride": s.stride, "ops": list(s.ops)} for s in self.stages],
         }
 
+    def skip_layers(self, layers: set[tuple[int, int]], name: str) -> Genotype:
+        """This genotype with the layers ``(stage, layer)`` (0-based) replaced by ``skip``: a depth-pruned copy whose
+        remaining layers keep their places (and state-dict names); a stage's first layer cannot be skipped."""
+        unknown = [(s, i) for s, i in layers if not (0 <= s < len(self.stages) and 0 <= i < len(self.stages[s].ops))]
+        if unknown:
+            raise ValueError(f"genotype {self.name!r} has no layers {sorted(unknown)}")
+        stages = tuple(Stage(stage.channels, stage.stride,
+                             tuple(SKIP if (s, i) in layers else op for i, op in enumerate(stage.ops)))
+                       for s, stage in enumerate(self.stages))
+        return Genotype(name, self.stem_channels, stages)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Genotype:
         """Inverse of :meth:`to_dict`; validates the content."""

@@ -70,3 +70,15 @@ def test_load_by_name_is_case_insensitive() -> None:
     assert load_genotype("efficientpose_c") is GENOTYPES["C"]
     with pytest.raises(ValueError, match="unknown architecture"):
         load_genotype("D")
+
+
+def test_skip_layers_prunes_depth_in_place() -> None:
+    a = GENOTYPES["A"]
+    pruned = a.skip_layers({(1, 2), (3, 7)}, "a_pruned")
+    assert pruned.stages[1].ops[2] == "skip" and pruned.stages[3].ops[7] == "skip"
+    assert [len(s.ops) for s in pruned.stages] == [len(s.ops) for s in a.stages]
+    assert sum(op != "skip" for s in pruned.stages for op in s.ops) == sum(len(s.ops) for s in a.stages) - 2
+    with pytest.raises(ValueError, match="first layer"):
+        a.skip_layers({(2, 0)}, "x")
+    with pytest.raises(ValueError, match="no layers"):
+        a.skip_layers({(1, 6)}, "x")

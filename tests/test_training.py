@@ -104,25 +104,34 @@ def test_precise_bn_averages_statistics_over_the_given_batches() -> None:
 
 
 @pytest.mark.slow
-def test_depth_pruned_genotype_starts_from_the_full_networks_weights(tmp_path, random_model_a) -> None:
+def test_depth_pruned_and_grown_genotypes_start_from_the_full_networks_weights(tmp_path, random_model_a) -> None:
     import dataclasses
 
     import torch
 
-    from effpose.genotype import SKIP, Stage
+    from effpose.genotype import Stage
     from effpose.model import build_model, save_checkpoint
     from effpose.training.trainer import initialise
 
     full = tmp_path / "full.pt"
     save_checkpoint(random_model_a, full)
-    stages = list(random_model_a.genotype.stages)
-    stages[2] = Stage(stages[2].channels, stages[2].stride, stages[2].ops[:1] + (SKIP,) * (len(stages[2].ops) - 1))
-    pruned = build_model(dataclasses.replace(random_model_a.genotype, name="pruned", stages=tuple(stages)))
+    genotype = random_model_a.genotype
+    pruned = build_model(genotype.skip_layers({(2, i) for i in range(1, len(genotype.stages[2].ops))}, "pruned"))
     initialise(pruned, "scratch", str(full))
     weights = random_model_a.state_dict()
     assert all(torch.equal(value, weights[name]) for name, value in pruned.state_dict().items())
     assert not any(name.startswith("backbone.2.1.") for name in pruned.state_dict())
-    # a layer the checkpoint lacks is an error, not a silent random start
-    save_checkpoint(pruned, tmp_path / "pruned.pt")
+
+    last = genotype.stages[-1]
+    deeper = build_model(dataclasses.replace(genotype, name="deeper", stages=(
+        *genotype.stages[:-1], Stage(last.channels, last.stride, last.ops + ("ir_k7_e6",) * 2))))
+    initialise(deeper.train(), "scratch", str(full))  # new layers start as identity: the same function
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.eval()(x), random_model_a(x))
+
+    # a layer whose weights are only partly there is an error, not a silent random start
+    del weights["backbone.3.2.body.1.0.weight"]
+    torch.save({"state_dict": weights}, tmp_path / "broken.pt")
     with pytest.raises(RuntimeError, match="Missing key"):
-        initialise(build_model("A"), "scratch", str(tmp_path / "pruned.pt"))
+        initialise(build_model("A"), "scratch", str(tmp_path / "broken.pt"))

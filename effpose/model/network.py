@@ -76,7 +76,7 @@ class GenotypeTrunk(nn.Module):
     def __init__(self, genotype: Genotype):
         super().__init__()
         if genotype.output_stride != 16:
-            raise ValueError(f"genotype {genotype.name!r} has output stride {genotype.output_stride}, the head needs 16")
+            raise ValueError(f"genotype {genotype.name!r}: output stride {genotype.output_stride}, the head needs 16")
         self.genotype = genotype
         self.stem = build_stem(genotype.stem_channels)
         stages: list[nn.Module] = []
@@ -102,11 +102,20 @@ class GenotypeTrunk(nn.Module):
         """Everything needed to rebuild this network (stored in checkpoints)."""
         return {"genotype": self.genotype.to_dict()}
 
-    def skipped_layer_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes (``backbone.S.L.``) of the layers this genotype skips: a checkpoint of a genotype that
-        has a layer there initialises this one without it (depth pruning)."""
+    def layer_prefixes(self, skipped: bool) -> tuple[str, ...]:
+        """State-dict prefixes (``backbone.S.L.``) of the backbone layers this genotype skips (``skipped``) or runs."""
         return tuple(f"backbone.{s}.{i}." for s, stage in enumerate(self.genotype.stages)
-                     for i, op in enumerate(stage.ops) if op == SKIP)
+                     for i, op in enumerate(stage.ops) if (op == SKIP) == skipped)
+
+    def start_as_identity(self, layer_prefixes: list[str]) -> None:
+        """Make the backbone layers under ``layer_prefixes`` compute the identity (the last BatchNorm of each residual
+        branch scaled to zero), so that a deeper copy of a trained network starts as that network (depth growth)."""
+        layers = dict(self.named_modules())
+        for prefix in layer_prefixes:
+            layer = layers[prefix.rstrip(".")]
+            if not getattr(layer, "use_residual", False):
+                raise ValueError(f"layer {prefix.rstrip('.')} has no residual connection: it cannot start as identity")
+            nn.init.zeros_(layer.body[-1][1].weight)
 
 
 class EfficientPose(GenotypeTrunk):

@@ -90,15 +90,27 @@ def initialise(model: nn.Module, init: str, init_checkpoint: str = "") -> None:
 
     A checkpoint's SIC weights are left out when ``model`` has no SIC (the no-SIC ablation of a trained model), and
     so are the weights of backbone layers that ``model``'s genotype skips (a depth-pruned copy of a trained model).
+    Backbone layers that the checkpoint lacks entirely start as the identity (a deeper copy of a trained model, see
+    :meth:`GenotypeTrunk.start_as_identity`); any other missing weight is an error.
     """
     if init_checkpoint:
         weights = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         own = model.state_dict()
-        left_out = ("sic.", *model.skipped_layer_prefixes()) if isinstance(model, GenotypeTrunk) else ("sic.",)
+        trunk = isinstance(model, GenotypeTrunk)
+        left_out = ("sic.", *model.layer_prefixes(skipped=True)) if trunk else ("sic.",)
         dropped = [name for name in weights if name.startswith(left_out) and name not in own]
-        model.load_state_dict({name: value for name, value in weights.items() if name not in dropped})
+        grown = [prefix for prefix in model.layer_prefixes(skipped=False)
+                 if not any(name.startswith(prefix) for name in weights)] if trunk else []
+        result = model.load_state_dict({name: value for name, value in weights.items() if name not in dropped},
+                                       strict=not grown)
+        if grown:
+            if result.unexpected_keys or any(not name.startswith(tuple(grown)) for name in result.missing_keys):
+                raise RuntimeError(f"checkpoint {init_checkpoint} does not fit: unexpected {result.unexpected_keys}, "
+                                   f"missing {[n for n in result.missing_keys if not n.startswith(tuple(grown))]}")
+            model.start_as_identity(grown)
         layers = sorted({prefix.rstrip(".") for prefix in left_out for name in dropped if name.startswith(prefix)})
-        log.info("initialised from %s%s", init_checkpoint, f" without the weights of {layers}" if dropped else "")
+        log.info("initialised from %s%s%s", init_checkpoint, f" without the weights of {layers}" if dropped else "",
+                 f", new layers {[prefix.rstrip('.') for prefix in grown]} starting as identity" if grown else "")
     elif init == "lite0":
         report = remap_lite0(model)
         log.info("FNA remap of EfficientNet-Lite0: %d tensors, %.0f%% of values", report.tensors_copied,
