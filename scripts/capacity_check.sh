@@ -10,13 +10,7 @@
 set -euo pipefail
 start=${1:-checkpoints/efficientpose_a_coco17/last.pt}
 out=${2:-runs/capacity_check}
-base=("init_checkpoint=$start" schedule=cosine epochs=6 samples_per_epoch=6400 warmup_steps=100)
+variant=(scripts/equal_step_run.sh "$start" 6)  # + OUT_DIR/NAME [config overrides...]
 
-run() {  # NAME [config overrides...]
-  local name=$1; shift
-  [[ -f "$out/$name/model.onnx" ]] && return 0  # finished in an earlier call
-  effpose train --config configs/campaign_a_128x96.json --out-dir "$out/$name" --cfg-options "${base[@]}" "$@"
-}
-
-run a
-run a_deeper arch=configs/genotypes/efficientpose_a_deeper.json
+"${variant[@]}" "$out/a"
+"${variant[@]}" "$out/a_deeper" arch=configs/genotypes/efficientpose_a_deeper.json

@@ -12,19 +12,13 @@
 set -euo pipefail
 start=${1:-checkpoints/efficientpose_a_coco17/last.pt}
 out=${2:-runs/ablations_resume_point}
-base=("init_checkpoint=$start" schedule=cosine epochs=2 samples_per_epoch=6400 warmup_steps=100)
+variant=(scripts/equal_step_run.sh "$start" 2)  # + OUT_DIR/NAME [config overrides...]
 
-run() {  # NAME [config overrides...]
-  local name=$1; shift
-  [[ -f "$out/$name/model.onnx" ]] && return 0  # finished in an earlier call
-  effpose train --config configs/campaign_a_128x96.json --out-dir "$out/$name" --cfg-options "${base[@]}" "$@"
-}
-
-run a_128x96
-run a_256x192 "input_size=[192,256]"
-run a_128x96_sigma2 sigma=2
-run a_128x96_sigma1.5 sigma=1.5
-run a_128x96_pseudo_weight1 pseudo_weight=1
-run a_128x96_coco_half 'train=[{"name": "coco_train", "annotations": "coco/annotations/person_keypoints_train.json",
+"${variant[@]}" "$out/a_128x96"
+"${variant[@]}" "$out/a_256x192" "input_size=[192,256]"
+"${variant[@]}" "$out/a_128x96_sigma2" sigma=2
+"${variant[@]}" "$out/a_128x96_sigma1.5" sigma=1.5
+"${variant[@]}" "$out/a_128x96_pseudo_weight1" pseudo_weight=1
+"${variant[@]}" "$out/a_128x96_coco_half" 'train=[{"name": "coco_train", "annotations": "coco/annotations/person_keypoints_train.json",
   "images": "coco/images", "ratio": 0.5}, {"name": "lspet_train", "annotations": "lspet/annotations/lspet_train.json",
   "images": "lspet/images", "ratio": 0.5}]'
