@@ -23,7 +23,7 @@ from effpose.detector_training.augment import (
 from effpose.detector_training.config import DetectionSource, DetectorConfig
 from effpose.detector_training.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
 from effpose.detector_training.export import check_detector_parity, export_detector
-from effpose.detector_training.loss import CenterNetLoss, focal_loss
+from effpose.detector_training.loss import CenterNetLoss, distillation_loss, focal_loss
 from effpose.detector_training.model import DetectorOutput, build_centernet, decode_detections, load_detector
 from effpose.detector_training.targets import encode_targets
 from effpose.detectors import OnnxDetector
@@ -74,6 +74,20 @@ def test_focal_loss_rewards_the_right_heatmap() -> None:
                                             encode_targets(np.array([[8.0, 8.0, 40.0, 48.0]]), 64).items()})
     assert parts["loss"] == pytest.approx(float(parts["heatmap"] + 2 * parts["size"] + parts["offset"]))
 
+
+
+def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
+    torch.manual_seed(0)
+    teacher = DetectorOutput(torch.randn(2, 1, 16, 16) * 3, torch.randn(2, 2, 16, 16), torch.rand(2, 2, 16, 16))
+    assert distillation_loss(teacher, teacher) == pytest.approx(0.0, abs=1e-4)
+    student = DetectorOutput(*(torch.zeros_like(t).requires_grad_() for t in teacher))
+    loss = distillation_loss(student, teacher)
+    assert loss > 0.1
+    loss.backward()
+    for output, target in zip(student, teacher):  # one small step along -grad moves every output towards the teacher
+        stepped = output.detach() - 1e-2 * output.grad
+        moved = (stepped - target).abs().sum() < (output.detach() - target).abs().sum()
+        assert moved, "the gradient should point towards the teacher"
 
 def test_plain_canvas_is_the_inference_letterbox(tmp_path: Path) -> None:
     import cv2
@@ -225,6 +239,32 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"AP", "AP50", "AR"} <= set(json.loads(evaluated.stdout))
 
+
+
+@pytest.mark.slow
+def test_a_pruned_detector_trains_against_its_full_teacher(
+    tiny_detection_data: dict[str, Path], tmp_path: Path
+) -> None:
+    from effpose.model import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_centernet("A"), tmp_path / "teacher.pt")
+    (tmp_path / "slim.json").write_text(json.dumps(build_centernet("A").genotype.skip_layers({(1, 1), (2, 2)}, "slim")
+                                                   .to_dict()))
+    source = {"name": "tiny", "annotations": str(tiny_detection_data["annotations"]),
+              "images": str(tiny_detection_data["images"])}
+    config = {"arch": str(tmp_path / "slim.json"), "input_size": 128, "init_checkpoint": str(tmp_path / "teacher.pt"),
+              "distill_checkpoint": str(tmp_path / "teacher.pt"), "distill_weight": 2.0, "train": [source],
+              "epochs": 2, "samples_per_epoch": 8, "batch_size": 4, "workers": 0, "out_dir": str(tmp_path / "run")}
+    (tmp_path / "det.json").write_text(json.dumps(config))
+    trained = subprocess.run([EFFPOSE, "train-detector", "--config", str(tmp_path / "det.json")],
+                             check=False, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "distilling from" in trained.stderr
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for record in history:
+        parts = record["loss_heatmap"] + record["loss_size"] + record["loss_offset"] + 2.0 * record["loss_distill"]
+        assert record["loss_distill"] > 0 and record["loss"] == pytest.approx(parts, rel=1e-4)
 
 @pytest.mark.slow
 def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(

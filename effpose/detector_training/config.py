@@ -72,6 +72,8 @@ class DetectorConfig(LoopConfig):
     heatmap_weight: float = 1.0
     size_weight: float = 1.0
     offset_weight: float = 1.0
+    distill_checkpoint: str = ""  # a trained detector whose outputs the model also learns (dense distillation)
+    distill_weight: float = 1.0
     augment: DetectionAugment = field(default_factory=DetectionAugment)
     # the loop's defaults for the detector (the others are the pose model's; see LoopConfig)
     epochs: int = 30
@@ -112,5 +114,9 @@ class DetectorConfig(LoopConfig):
         self.validate_loop()
         if self.input_size <= 0 or self.input_size % 32:
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
+        if self.distill_checkpoint and not Path(self.distill_checkpoint).is_file():
+            raise FileNotFoundError(f"distill_checkpoint {self.distill_checkpoint} not found")
+        if self.distill_weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if (self.input_size // 4) ** 2 < self.max_detections:
             raise ValueError(f"input size {self.input_size} has fewer stride-4 cells than max_detections")

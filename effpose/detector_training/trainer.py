@@ -19,8 +19,8 @@ from effpose.data.dataset import MixedSampler
 from effpose.detector_training.config import DetectorConfig
 from effpose.detector_training.data import DetectionDataset, load_source
 from effpose.detector_training.export import export_detector
-from effpose.detector_training.loss import CenterNetLoss
-from effpose.detector_training.model import CenterNetDetector, DetectorOutput, build_centernet
+from effpose.detector_training.loss import CenterNetLoss, distillation_loss
+from effpose.detector_training.model import CenterNetDetector, DetectorOutput, build_centernet, load_detector
 from effpose.training.trainer import Environment, TrainingLoop, initialise, log, mixed_sampler, run_loop
 
 VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
@@ -53,6 +53,15 @@ class DetectorTrainer(TrainingLoop):
     def __init__(self, config: DetectorConfig, env: Environment):
         self.criterion = CenterNetLoss(config.heatmap_weight, config.size_weight, config.offset_weight)
         super().__init__(config, env)
+        self.teacher = self.load_teacher() if config.distill_checkpoint else None
+
+    def load_teacher(self) -> CenterNetDetector:
+        """The frozen detector of ``distill_checkpoint``, in eval mode on the training device."""
+        teacher, _ = load_detector(self.config.distill_checkpoint)
+        teacher.requires_grad_(False)
+        log.info("distilling from %s (weight %g)", self.config.distill_checkpoint, self.config.distill_weight)
+        memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        return teacher.to(self.env.device, memory_format=memory)
 
     def build_model(self) -> CenterNetDetector:
         """The detector on the config's genotype, from the FNA ImageNet seed, a checkpoint or scratch."""
@@ -77,7 +86,13 @@ class DetectorTrainer(TrainingLoop):
         """Focal heatmap loss + L1 on log size and offset (see :class:`CenterNetLoss`)."""
         targets = {name: batch[name].to(self.env.device, non_blocking=True)
                    for name in ("heatmap", "size", "offset", "mask")}
-        return self.criterion(output, targets)
+        losses = self.criterion(output, targets)
+        if self.teacher is None:
+            return losses
+        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            taught = self.teacher(self.input_images(batch))
+        distill = distillation_loss(output, taught)
+        return {**losses, "loss": losses["loss"] + self.config.distill_weight * distill, "distill": distill}
 
     def validate(self) -> dict[str, float]:
         """Box AP through the exported ONNX (see :func:`validate_detector`)."""
