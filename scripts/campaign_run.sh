@@ -9,6 +9,8 @@
 #   CONFIG=configs/other.json scripts/campaign_run.sh pose 2h runs/campaign_r6
 # The detector's first run (no resume point yet) starts from the shipped detector's weights, recovered from its
 # ONNX file by scripts/detector_from_onnx.py; its teacher pseudo-boxes come from scripts/pseudo_boxes.sh.
+# The detector campaign is the depth-pruned detector (configs/campaign_detector.json) since run detector_slim_r1;
+# the earlier A-at-256 runs (configs/campaign_detector_a256.json) are kept as history in docs/results.md.
 set -euo pipefail
 if [[ $# -ne 3 || ( $1 != pose && $1 != detector ) ]]; then
   echo "usage: $0 pose|detector BUDGET OUT_DIR   (BUDGET like 150m or 2h)" >&2
@@ -27,9 +29,10 @@ else
   resume_dir=checkpoints/person_detector
   train=(effpose train-detector) release=scripts/release_detector.py
   note="The person-detector training campaign (scripts/campaign_run.sh detector; every epoch in \
-$resume_dir/campaign_metrics.jsonl). Its first run started from the detector shipped before it (configs/person_detector.json, \
-320x320, 40,000 images, 1.41 h on 2 threads), whose weights were recovered from its ONNX file by \
-scripts/detector_from_onnx.py; samples_seen, cpu_hours and train_hours count the campaign only. Recipe: $config."
+$resume_dir/campaign_metrics.jsonl): the depth-pruned genotype configs/genotypes/detector_a_slim.json at 288x288, \
+started from the weights of the detector shipped before it (EfficientPose-A trunk at 320x320, recovered from its ONNX \
+file by scripts/detector_from_onnx.py) and distilled from that detector; samples_seen, cpu_hours and train_hours \
+count the campaign only. Recipe: $config."
   scripts/pseudo_boxes.sh
 fi
 mkdir -p "$out"

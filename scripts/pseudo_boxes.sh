@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The teacher's pseudo-boxes that configs/person_detector.json and configs/campaign_detector.json train on:
+# The teacher's pseudo-boxes that configs/person_detector.json and configs/campaign_detector*.json train on:
 # YOLOX-nano (shared data, a training aid only) through the service's own detector adapter, score >= 0.3, on the
 # COCO and LSPet training images, written to runs/pseudo/ (skipped when already there; about 6 minutes on 1 thread).
 #   scripts/pseudo_boxes.sh [THREADS]
