@@ -1,13 +1,16 @@
 """Person detectors on the shared COCO validation split: our shipped detector vs the YOLOX-nano teacher, in one run.
 
-    python benchmarks/detectors.py [--own effpose/assets/person_detector.onnx] [--teacher PATH] [--threads N]
-                                   [--pose-model PATH] [--pose-threshold 0.05] [--out benchmarks/results/detectors.json]
+    python benchmarks/detectors.py [--own effpose/assets/person_detector.onnx [OTHER.onnx ...]] [--teacher PATH]
+                                   [--threads N] [--pose-model PATH] [--pose-threshold 0.05]
+                                   [--out benchmarks/results/detectors.json]
 
 For each detector: person box AP / AP50 / AR (pycocotools, detections from score 0.01, at most 100 per image) and
 milliseconds per image (``detect()`` wall time, pre- and post-processing included, median and p90), both through
 the service's detector adapter. Then end to end: the shipped pose model (no flip) evaluated as ``effpose eval
 --boxes`` does, on each detector's boxes (score >= --pose-threshold, at most 20 per image, the service's default cap)
 and on the ground-truth boxes. The detectors run one after the other with the same ONNX Runtime thread count.
+Beside them, the pose model's time per person crop (crop, network and decoding of one crop at a time, median over
+the ground-truth persons), the cost each detected person adds to an image's detector time.
 """
 
 from __future__ import annotations
@@ -17,18 +20,22 @@ import json
 import os
 import platform
 import tempfile
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import onnxruntime as ort
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR, default_pose_model
-from effpose.data.coco import read_coco_json
+from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
 from effpose.detectors import OnnxDetector
 from effpose.evaluation import evaluate, load_estimator
 from effpose.evaluation.detection import coco_box_ap, detect_images
+from effpose.runtime import PoseEstimator
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("EFFPOSE_DATA", REPO.parent / "shared" / "data"))
@@ -41,7 +48,8 @@ MAX_PERSONS = 20
 def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--own", type=Path, default=DEFAULT_PERSON_DETECTOR, help="our detector ONNX")
+    parser.add_argument("--own", type=Path, nargs="+", default=[DEFAULT_PERSON_DETECTOR],
+                        help="our detector ONNX file(s), each measured in the same run")
     parser.add_argument("--teacher", type=Path, default=DATA / "models" / "yolox_nano" / "yolox_nano.onnx")
     parser.add_argument("--pose-model", type=Path, default=None, help="pose ONNX (default: the shipped model)")
     parser.add_argument("--pose-threshold", type=float, default=0.05, help="box score threshold for pose eval")
@@ -55,6 +63,25 @@ def pose_metrics(pose_model: Path, boxes: str | Path, threads: int) -> dict[str,
     estimator = load_estimator(pose_model, threads=threads)  # decoded as the model states
     report = evaluate(estimator, DATA / ANNOTATIONS, DATA / IMAGES, boxes=boxes, flip=False)
     return {name: round(float(report.metrics[name]), 4) for name in POSE_METRICS}
+
+
+def pose_ms_per_crop(pose_model: Path, threads: int, max_crops: int = 100) -> float:
+    """Median wall time in ms of one person crop through the pose model (crop, network, decoding), over the first
+    ``max_crops`` ground-truth persons of the val split, after one warm-up crop."""
+    estimator = PoseEstimator(pose_model, intra_op_threads=threads)
+    gt = read_coco_json(DATA / ANNOTATIONS)
+    files = {image["id"]: image["file_name"] for image in gt["images"]}
+    persons = [(files[a["image_id"]], box) for a in gt["annotations"]
+               if is_scored_person(a) and (box := xywh_to_xyxy(a["bbox"])) is not None]
+    images: dict[str, np.ndarray] = {}
+    milliseconds = []
+    for file_name, box in [persons[0], *persons[:max_crops]]:
+        image = images.setdefault(file_name, cv2.imread(str(DATA / IMAGES / file_name), cv2.IMREAD_COLOR))
+        started = time.perf_counter()
+        crops = estimator.prepare(image, [box])
+        estimator.decode(estimator.run(crops.tensor), crops.matrices)
+        milliseconds.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(milliseconds[1:]))
 
 
 def strongest(results: list[dict[str, Any]], threshold: float, per_image: int) -> list[dict[str, Any]]:
@@ -94,6 +121,7 @@ def print_table(report: dict[str, Any]) -> None:
               f"{row['pose_with_its_boxes']['AP']:.3f} | {row['pose_with_its_boxes']['AP50']:.3f} |")
     gt = report["pose_with_gt_boxes"]
     print(f"| ground truth | - | 1 | 1 | 1 | - | - | {gt['AP']:.3f} | {gt['AP50']:.3f} |")
+    print(f"\npose model: {report['pose_ms_per_crop']:.1f} ms per person crop (crop, network, decoding)")
 
 
 def main() -> None:
@@ -101,8 +129,9 @@ def main() -> None:
     args = parse_args()
     pose_model = args.pose_model or default_pose_model()
     with tempfile.TemporaryDirectory(prefix="effpose-detbench-") as folder:
+        own = [(f"effpose (own{'' if len(args.own) == 1 else ': ' + path.name})", path) for path in args.own]
         rows = [measure_detector(name, path, args, pose_model, Path(folder))
-                for name, path in (("effpose (own)", args.own), ("yolox_nano (teacher)", args.teacher))]
+                for name, path in (*own, ("yolox_nano (teacher)", args.teacher))]
     report = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/detectors.py",
@@ -113,6 +142,7 @@ def main() -> None:
         "threads": args.threads, "pose_model": str(pose_model), "pose_box_threshold": args.pose_threshold,
         "detectors": rows,
         "pose_with_gt_boxes": pose_metrics(pose_model, "gt", args.threads),
+        "pose_ms_per_crop": round(pose_ms_per_crop(pose_model, args.threads), 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
