@@ -1,7 +1,7 @@
 """Ship a person-detector training run: export its best checkpoint into the package and write its model card.
 
     python scripts/release_detector.py --run runs/person_detector [--name person_detector] [--note TEXT]
-                                       [--only-if-better]
+                                       [--only-if-better] [--input-size SIDE]
 
 Exports ``best.pt`` to ``effpose/assets/NAME.onnx`` (parity-checked against torch), evaluates that ONNX file on every
 validation set of the run's config through the service's detector adapter (the code of ``effpose eval-detector``),
@@ -10,7 +10,8 @@ calibrate-detector --write``) and writes ``effpose/assets/NAME.json``: data, rec
 (of the whole campaign when the run resumed one), hardware, params, MACs, the measured box AP / AP50 / AR and
 latency, and the threshold. ``effpose eval-detector`` on the shipped file reproduces the card's numbers.
 ``--only-if-better`` ships only when the mean box AP over the validation sets beats the shipped card's (exit 3
-otherwise, the shipped detector stays).
+otherwise, the shipped detector stays). ``--input-size`` exports at another square side than the run trained at
+(the network is fully convolutional; training's scale augmentation covers nearby sides), e.g. a smaller one for speed.
 """
 
 from __future__ import annotations
@@ -92,9 +93,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for the latency measurement")
     parser.add_argument("--note", default="", help="what the config does not say (e.g. where the weights started)")
     parser.add_argument("--only-if-better", action="store_true", help="ship only if it beats the shipped card")
+    parser.add_argument("--input-size", type=int, help="exported square side (default: the run's training side)")
     args = parser.parse_args()
 
     config = DetectorConfig.from_dict(json.loads((args.run / "config.json").read_text()))
+    side = args.input_size or config.input_size
     if not (args.run / "best.pt").is_file():  # written only by an epoch that beat the campaign's best validation
         print(json.dumps({"released": False, "reason": f"no epoch of {args.run} beat the campaign's best"}))
         return 3
@@ -103,22 +106,21 @@ def main() -> int:
     candidate = None  # the validation of these weights, when the comparison measured it
     if args.only_if_better and card_path.is_file():
         with tempfile.TemporaryDirectory(prefix="effpose-release-") as folder:
-            candidate = evaluate(export_detector(model, Path(folder) / "candidate.onnx", config.input_size),
-                                 config, args.threads)
+            candidate = evaluate(export_detector(model, Path(folder) / "candidate.onnx", side), config, args.threads)
         shipped = mean_ap(json.loads(card_path.read_text())["validation"])
         if mean_ap(candidate) <= shipped:
             print(json.dumps({"released": False, "candidate_mean_AP": mean_ap(candidate), "shipped_mean_AP": shipped,
                               "validation": candidate}, indent=2))
             return 3
-    onnx_path = export_detector(model, ASSETS_DIR / f"{args.name}.onnx", config.input_size, weights="trained")
-    parity = check_detector_parity(model, onnx_path, config.input_size)
-    stats = measure_complexity(model, (config.input_size, config.input_size))
+    onnx_path = export_detector(model, ASSETS_DIR / f"{args.name}.onnx", side, weights="trained")
+    parity = check_detector_parity(model, onnx_path, side)
+    stats = measure_complexity(model, (side, side))
     card = {
         "name": args.name,
         "model": f"CenterNet-style person detector on the EfficientPose-{model.genotype.name} trunk",
         "effpose_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": {"width": config.input_size, "height": config.input_size, "format": "letterboxed RGB 0-1"},
+        "input": {"width": side, "height": side, "format": "letterboxed RGB 0-1", "trained_at": config.input_size},
         "params": stats.params,
         "macs": stats.macs,
         "training": training_summary(config, campaign_history(args.run), extra["epoch"], args.note),
