@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -134,7 +135,7 @@ def main() -> None:
                 for name, path in (*own, ("yolox_nano (teacher)", args.teacher))]
     report = {
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/detectors.py",
+        "command": " ".join(["python", *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "onnxruntime": ort.__version__,
                     "load_average": os.getloadavg()},
         "data": {"annotations": ANNOTATIONS, "images": IMAGES,
