@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
 from effpose.assets import DEFAULT_PERSON_DETECTOR, default_pose_model
 from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
+from effpose.data.dataset import read_image
 from effpose.detectors import OnnxDetector
 from effpose.evaluation import evaluate, load_estimator
 from effpose.evaluation.detection import coco_box_ap, detect_images
@@ -77,7 +77,7 @@ def pose_ms_per_crop(pose_model: Path, threads: int, max_crops: int = 100) -> fl
     images: dict[str, np.ndarray] = {}
     milliseconds = []
     for file_name, box in [persons[0], *persons[:max_crops]]:
-        image = images.setdefault(file_name, cv2.imread(str(DATA / IMAGES / file_name), cv2.IMREAD_COLOR))
+        image = images.setdefault(file_name, read_image(DATA / IMAGES / file_name))
         started = time.perf_counter()
         crops = estimator.prepare(image, [box])
         estimator.decode(estimator.run(crops.tensor), crops.matrices)
