@@ -6,9 +6,11 @@
 
 For each detector: person box AP / AP50 / AR (pycocotools, detections from score 0.01, at most 100 per image) and
 milliseconds per image (``detect()`` wall time, pre- and post-processing included, median and p90), both through
-the service's detector adapter. Then end to end: the shipped pose model (no flip) evaluated as ``effpose eval
---boxes`` does, on each detector's boxes (score >= --pose-threshold, at most 20 per image, the service's default cap)
-and on the ground-truth boxes. The detectors run one after the other with the same ONNX Runtime thread count.
+the service's detector adapter; and at the detector's default (calibrated) threshold, the persons it finds (IoU >= 0.5,
+one detection per person): over the split, and in the photos of at least 8 annotated persons. Then end to end: the
+shipped pose model (no flip) evaluated as ``effpose eval --boxes`` does, on each detector's boxes (score >=
+--pose-threshold, at most 20 per image, the service's default cap) and on the ground-truth boxes. The detectors
+run one after the other with the same ONNX Runtime thread count.
 Beside them, the pose model's time per person crop (crop, network and decoding of one crop at a time, median over
 the ground-truth persons), the cost each detected person adds to an image's detector time.
 """
@@ -35,7 +37,7 @@ from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
 from effpose.data.dataset import read_image
 from effpose.detectors import OnnxDetector
 from effpose.evaluation import evaluate, load_estimator
-from effpose.evaluation.detection import coco_box_ap, detect_images
+from effpose.evaluation.detection import coco_box_ap, detect_images, persons_found
 from effpose.runtime import PoseEstimator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +46,7 @@ ANNOTATIONS = "coco/annotations/person_keypoints_val.json"
 IMAGES = "coco/images"
 POSE_METRICS = ("AP", "AP50", "AP75", "AR")
 MAX_PERSONS = 20
+CROWDED = 8  # a crowded photo has at least this many annotated persons
 
 
 def parse_args() -> argparse.Namespace:
@@ -96,32 +99,48 @@ def strongest(results: list[dict[str, Any]], threshold: float, per_image: int) -
     return kept
 
 
+def found_by_default(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Persons found (IoU >= 0.5) at the detector's default threshold: over the whole split, and on each crowded
+    photo (at least :data:`CROWDED` persons), what a user gets from a group photo without tuning."""
+    found = persons_found(gt, results, threshold)
+    crowded = {image: counts for image, counts in sorted(found.items()) if counts[1] >= CROWDED}
+    return {"threshold": round(threshold, 4),
+            "recall": round(sum(f for f, _ in found.values()) / max(sum(n for _, n in found.values()), 1), 4),
+            "crowded_found": sum(f for f, _ in crowded.values()),
+            "crowded_persons": sum(n for _, n in crowded.values()),
+            "crowded_per_image": {str(image): f"{f}/{n}" for image, (f, n) in crowded.items()}}
+
+
 def measure_detector(name: str, path: Path, args: argparse.Namespace, pose_model: Path,
                      scratch: Path) -> dict[str, Any]:
-    """Box AP and latency of one detector, and pose AP on its boxes."""
+    """Box AP and latency of one detector, the persons it finds by default, and pose AP on its boxes."""
     detector = OnnxDetector(path, intra_op_threads=args.threads)
     run = detect_images(detector, DATA / ANNOTATIONS, DATA / IMAGES, score_threshold=0.01, max_detections=100)
-    boxes = coco_box_ap(read_coco_json(DATA / ANNOTATIONS), run.results)
+    gt = read_coco_json(DATA / ANNOTATIONS)
+    boxes = coco_box_ap(gt, run.results)
     results_file = scratch / f"{name}.json"
     results_file.write_text(json.dumps(strongest(run.results, args.pose_threshold, MAX_PERSONS)))
     return {"detector": name, "model": str(path), "layout": detector.layout, "input_size": list(detector.input_size),
             "box": {key: round(boxes[key], 4) for key in ("AP", "AP50", "AR")},
             **{key: round(value, 2) for key, value in run.latency().items()},
+            "found_by_default": found_by_default(gt, run.results, detector.default_threshold),
             "pose_with_its_boxes": pose_metrics(pose_model, results_file, args.threads)}
 
 
 def print_table(report: dict[str, Any]) -> None:
     """Markdown table of the report."""
-    print("| detector | input | box AP | box AP50 | box AR | ms/img median | ms/img p90 | pose AP (its boxes) "
-          "| pose AP50 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| detector | input | box AP | box AP50 | box AR | ms/img median | ms/img p90 | default threshold "
+          f"| recall there | found there in photos of >= {CROWDED} | pose AP (its boxes) | pose AP50 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in report["detectors"]:
         size = "x".join(map(str, row["input_size"]))
+        found = row["found_by_default"]
         print(f"| {row['detector']} | {size} | {row['box']['AP']:.3f} | {row['box']['AP50']:.3f} | "
-              f"{row['box']['AR']:.3f} | {row['ms_median']:.1f} | {row['ms_p90']:.1f} | "
+              f"{row['box']['AR']:.3f} | {row['ms_median']:.1f} | {row['ms_p90']:.1f} | {found['threshold']:.3f} | "
+              f"{found['recall']:.3f} | {found['crowded_found']}/{found['crowded_persons']} | "
               f"{row['pose_with_its_boxes']['AP']:.3f} | {row['pose_with_its_boxes']['AP50']:.3f} |")
     gt = report["pose_with_gt_boxes"]
-    print(f"| ground truth | - | 1 | 1 | 1 | - | - | {gt['AP']:.3f} | {gt['AP50']:.3f} |")
+    print(f"| ground truth | - | 1 | 1 | 1 | - | - | - | 1 | - | {gt['AP']:.3f} | {gt['AP50']:.3f} |")
     print(f"\npose model: {report['pose_ms_per_crop']:.1f} ms per person crop (crop, network, decoding)")
 
 

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from effpose.detectors import Detection
-from effpose.evaluation.detection import calibrate_threshold, coco_box_ap, detect_images, operating_points
+from effpose.evaluation.detection import (
+    calibrate_threshold,
+    coco_box_ap,
+    detect_images,
+    operating_points,
+    persons_found,
+)
 
 GT_BOXES = {1: [[10, 20, 50, 100]], 2: [[5, 5, 40, 40], [60, 10, 30, 80]]}  # image_id -> xywh
 
@@ -102,6 +108,17 @@ def test_operating_points_and_calibrated_threshold() -> None:
     assert operating_points(gt, [duplicate, *hits])[1].precision == 0.5
     with pytest.raises(ValueError, match="found nothing"):
         calibrate_threshold(gt, [])
+
+
+def test_persons_found_at_a_threshold() -> None:
+    gt = ground_truth()  # image 1: one person, image 2: two
+    hits = [{**r, "score": s} for r, s in zip(results_for(), (0.9, 0.8, 0.3))]
+    duplicate = {**hits[1], "score": 0.85}  # a second box on the same person finds nobody new
+    missed = {**results_for(shift=30.0)[2], "score": 0.7}  # overlaps its person below IoU 0.5
+    detections = [*hits, duplicate, missed]
+    assert persons_found(gt, detections, 0.5) == {1: (1, 1), 2: (1, 2)}
+    assert persons_found(gt, detections, 0.2) == {1: (1, 1), 2: (2, 2)}
+    assert persons_found(gt, detections, 0.95) == {1: (0, 1), 2: (0, 2)}
 
 
 def test_calibrated_threshold_lives_in_the_model(tmp_path: Path) -> None:

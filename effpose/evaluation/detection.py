@@ -91,33 +91,47 @@ class OperatingPoint:
     f1: float
 
 
-def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: float = 0.5) -> list[OperatingPoint]:
-    """Precision / recall / F1 at every score of ``results`` (COCO results) against the non-crowd person boxes of
-    ``gt``: each detection, best first, matches the unmatched ground-truth box of its image it overlaps most if
-    that IoU reaches ``iou`` (the greedy matching of COCO and VOC)."""
-    from effpose.detectors import box_iou
-
-    truth: dict[int, np.ndarray] = {}
+def person_boxes(gt: dict[str, Any]) -> dict[int, np.ndarray]:
+    """The non-crowd person boxes (x1, y1, x2, y2) of each image of the COCO-format ``gt`` that has any."""
+    truth: dict[int, list[list[float]]] = {}
     for annotation in gt["annotations"]:
         if annotation.get("category_id", 1) == 1 and not annotation.get("iscrowd", 0):
             x, y, w, h = annotation["bbox"]
             truth.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
-    boxes = {image: np.asarray(found, dtype=np.float64) for image, found in truth.items()}
-    matched = {image: np.zeros(len(found), dtype=bool) for image, found in boxes.items()}
-    total = sum(len(found) for found in boxes.values())
-    ranked = sorted(results, key=lambda r: -r["score"])
+    return {image: np.asarray(found, dtype=np.float64) for image, found in truth.items()}
+
+
+def match_detections(
+    truth: dict[int, np.ndarray], ranked: list[dict[str, Any]], iou: float = 0.5
+) -> tuple[list[bool], dict[int, np.ndarray]]:
+    """Greedy matching of COCO and VOC: each detection of ``ranked`` (COCO results, best first) matches the unmatched
+    ground-truth box of its image (``truth``, from :func:`person_boxes`) it overlaps most if that IoU reaches ``iou``.
+    Returns whether each detection matched, and which ground-truth boxes of each image were matched."""
+    from effpose.detectors import box_iou
+
+    matched = {image: np.zeros(len(found), dtype=bool) for image, found in truth.items()}
     hits = []
     for result in ranked:
         x, y, w, h = result["bbox"]
         image = result["image_id"]
         hit = False
-        if image in boxes:
-            overlaps = box_iou(np.array([x, y, x + w, y + h]), boxes[image])[0]
+        if image in truth:
+            overlaps = box_iou(np.array([x, y, x + w, y + h]), truth[image])[0]
             overlaps[matched[image]] = -1.0
             best = int(np.argmax(overlaps))
             hit = bool(overlaps[best] >= iou)
             matched[image][best] |= hit
         hits.append(hit)
+    return hits, matched
+
+
+def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: float = 0.5) -> list[OperatingPoint]:
+    """Precision / recall / F1 at every score of ``results`` (COCO results) against the non-crowd person boxes of
+    ``gt``, detections matched as in :func:`match_detections`."""
+    truth = person_boxes(gt)
+    total = sum(len(found) for found in truth.values())
+    ranked = sorted(results, key=lambda r: -r["score"])
+    hits, _ = match_detections(truth, ranked, iou)
     true_positives = np.cumsum(hits)
     scores = [result["score"] for result in ranked]
     points = []
@@ -129,6 +143,17 @@ def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: flo
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         points.append(OperatingPoint(float(score), float(precision), float(recall), float(f1)))
     return points
+
+
+def persons_found(
+    gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, iou: float = 0.5
+) -> dict[int, tuple[int, int]]:
+    """For each image with non-crowd persons in ``gt``: how many of them the detections scoring at least
+    ``threshold`` find (matched as in :func:`match_detections`), and how many there are."""
+    truth = person_boxes(gt)
+    kept = sorted((r for r in results if r["score"] >= threshold), key=lambda r: -r["score"])
+    _, matched = match_detections(truth, kept, iou)
+    return {image: (int(found.sum()), len(found)) for image, found in matched.items()}
 
 
 def calibrate_threshold(gt: dict[str, Any], results: list[dict[str, Any]]) -> OperatingPoint:
