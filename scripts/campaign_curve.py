@@ -1,14 +1,16 @@
-"""The pose campaign's learning curve: how fast each validation metric still rises, and what the targets would cost.
+"""A training campaign's learning curve: how fast each validation metric still rises, and what the targets would cost.
 
-    python scripts/campaign_curve.py [--log checkpoints/efficientpose_a_coco17/campaign_metrics.jsonl]
-        [--since-crops 731200] [--json runs/campaign_curve.json]
+    python scripts/campaign_curve.py [--kind pose|detector] [--log LOG] [--since-crops N] [--json runs/curve.json]
 
 Fits ``metric = a + b * ln(crops seen)`` by least squares to every complete epoch of the campaign's metrics log
-from ``--since-crops`` on (default: the start of run r7, the first run annealed with ``run_cosine``, so that every
-run in the fit has the same schedule), per validation metric. ``b`` is the gain per e-fold of crops (x2.72); at
-that slope, reaching the issue's target from today's fitted value takes ``crops * exp((target - value) / b)``
-crops, converted to CPU hours with the campaign's measured CPU time per crop over the same epochs. The epochs'
-numbers are the trainer's validation (moving-average weights, GT boxes, flip test, its decoding), not a release's.
+from ``--since-crops`` on, per validation metric (for the detector, crops are training images). The defaults per
+``--kind``: the pose campaign from the start of run r7, the first run annealed with ``run_cosine``, so that every
+run in the fit has the same schedule; the detector campaign from the end of run detector_slim_r0, which recovered
+the depth-pruned detector from the weights it was pruned from (every later run is annealed the same way).
+``b`` is the gain per e-fold of crops (x2.72); at that slope, reaching the issue's target from today's fitted value
+takes ``crops * exp((target - value) / b)`` crops, converted to CPU hours with the campaign's measured CPU time per
+crop over the same epochs. The epochs' numbers are the trainer's validation of the moving-average weights (for pose:
+GT boxes, flip test, its decoding), not a release's.
 """
 
 from __future__ import annotations
@@ -16,13 +18,28 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-TARGETS = {"coco_val/AP": 0.25, "coco_val/PCK@0.2": None, "lspet_val/AP": None, "lspet_val/PCK@0.2": 0.60}
-FIRST_ANNEALED_RUN_CROPS = 731_200  # crops seen when run r7 began
+
+@dataclass(frozen=True)
+class Campaign:
+    """Where a campaign's metrics log is, the epochs its fit starts after, and its issue's targets per metric."""
+
+    log: Path
+    since_crops: int
+    targets: dict[str, float | None]
+
+
+CAMPAIGNS = {
+    "pose": Campaign(Path("checkpoints/efficientpose_a_coco17/campaign_metrics.jsonl"), 731_200,  # run r7 began
+                     {"coco_val/AP": 0.25, "coco_val/PCK@0.2": None, "lspet_val/AP": None, "lspet_val/PCK@0.2": 0.60}),
+    "detector": Campaign(Path("checkpoints/person_detector/campaign_metrics.jsonl"), 40_672,  # detector_slim_r0 ended
+                         {"coco_val/AP": 0.40, "coco_val/AP50": None, "coco_val/AR": None}),
+}
 
 
 def read_epochs(log: Path, since_crops: int) -> list[dict[str, Any]]:
@@ -49,13 +66,13 @@ def projection(fit: dict[str, float], crops_now: float, target: float, cpu_h_per
     return {"crops_needed": crops, "cpu_hours_needed": max(crops - crops_now, 0.0) * cpu_h_per_crop}
 
 
-def summarise(epochs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per metric: the fit, and the projection to its target where the issue sets one."""
+def summarise(epochs: list[dict[str, Any]], targets: dict[str, float | None]) -> dict[str, Any]:
+    """Per metric of ``targets``: the fit, and the projection to its target where the issue sets one."""
     crops = np.array([e["crops_seen"] for e in epochs], dtype=np.float64)
     cpu = np.array([e["cpu_hours"] for e in epochs], dtype=np.float64)
     cpu_h_per_crop = float((cpu[-1] - cpu[0]) / (crops[-1] - crops[0]))
     metrics = {}
-    for name, target in TARGETS.items():
+    for name, target in targets.items():
         fit = fit_metric(crops, np.array([e[name] for e in epochs], dtype=np.float64))
         if target is not None:
             fit.update(target=target, **projection(fit, crops[-1], target, cpu_h_per_crop))
@@ -67,11 +84,15 @@ def summarise(epochs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     """Print the fit table (and write it as JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log", type=Path, default=Path("checkpoints/efficientpose_a_coco17/campaign_metrics.jsonl"))
-    parser.add_argument("--since-crops", type=int, default=FIRST_ANNEALED_RUN_CROPS)
+    parser.add_argument("--kind", choices=sorted(CAMPAIGNS), default="pose", help="which campaign (default: pose)")
+    parser.add_argument("--log", type=Path, help="its metrics log (default: the campaign's committed one)")
+    parser.add_argument("--since-crops", type=int, help="fit the epochs after this many crops (default: see above)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     args = parser.parse_args()
-    summary = summarise(read_epochs(args.log, args.since_crops))
+    campaign = CAMPAIGNS[args.kind]
+    log = args.log or campaign.log
+    since = campaign.since_crops if args.since_crops is None else args.since_crops
+    summary = summarise(read_epochs(log, since), campaign.targets)
     print(f"{summary['epochs']} epochs, {summary['crops_from']:,} -> {summary['crops_to']:,} crops, "
           f"{summary['crops_per_cpu_hour']:,.0f} crops per campaign CPU hour, "
           f"{summary['cpu_hours_to']:.2f} CPU h so far")

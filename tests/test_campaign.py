@@ -251,3 +251,22 @@ def test_curve_fit_recovers_the_slope_and_prices_the_targets(tmp_path: Path) -> 
     coco = summary["metrics"]["coco_val/AP"]
     assert abs(coco["per_efold"]) < 0.005 and coco["r2"] < 0.5
     assert "lspet_val/PCK@0.2" in result.stdout and "| 0.6 |" in result.stdout
+
+
+def test_curve_fit_of_the_detector_campaign_prices_its_box_ap_target(tmp_path: Path) -> None:
+    """``--kind detector`` fits the detector's metrics and prices the issue's box AP 0.40."""
+    crops = np.geomspace(50_000, 150_000, 8)
+    epochs = [{"run": "d", "complete": True, "crops_seen": int(c), "cpu_hours": c / 10_000,
+               "coco_val/AP": 0.2 + 0.02 * np.log(c / crops[0]), "coco_val/AP50": 0.5, "coco_val/AR": 0.3}
+              for c in crops]
+    log = tmp_path / "campaign_metrics.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    result = subprocess.run([sys.executable, "scripts/campaign_curve.py", "--kind", "detector", "--log", str(log),
+                             "--json", str(tmp_path / "curve.json")], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "curve.json").read_text())
+    assert summary["epochs"] == 8 and set(summary["metrics"]) == {"coco_val/AP", "coco_val/AP50", "coco_val/AR"}
+    box_ap = summary["metrics"]["coco_val/AP"]
+    now = 0.2 + 0.02 * np.log(crops[-1] / crops[0])
+    assert box_ap["target"] == 0.4 and box_ap["crops_needed"] == pytest.approx(
+        crops[-1] * np.exp((0.4 - now) / 0.02), rel=1e-3)
