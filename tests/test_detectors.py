@@ -113,6 +113,31 @@ def test_nms_identical_scores() -> None:
     assert nms(same, np.array([0.5, 0.5, 0.5]), 0.45).tolist() == [0, 2]
 
 
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """The textbook loop: visit by descending score (stable), keep a box unless a kept one overlaps it too much."""
+    kept: list[int] = []
+    for index in np.argsort(-scores, kind="stable"):
+        if all(box_iou(boxes[index], boxes[other])[0, 0] <= iou_threshold for other in kept):
+            kept.append(int(index))
+    return kept
+
+
+def test_nms_matches_the_greedy_loop_on_random_boxes() -> None:
+    """Crowded random boxes with tied scores, duplicates and boxes of zero area (kept: they overlap nothing)."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        count = int(rng.integers(1, 60))
+        corners = rng.uniform(0, 100, (count, 2))
+        boxes = np.concatenate([corners, corners + rng.uniform(0, 40, (count, 2))], axis=1).round(trial % 3)
+        flat = rng.random(count) < 0.1
+        boxes[flat, 2] = boxes[flat, 0]  # zero width
+        duplicates = rng.random(count) < 0.2
+        boxes[duplicates] = boxes[0]
+        scores = rng.integers(0, 8, count) / 8.0  # many ties, zeros included
+        threshold = float(rng.choice([0.0, 0.3, 0.45, 0.5, 0.7, 1.0]))
+        assert nms(boxes, scores, threshold).tolist() == greedy_nms(boxes, scores, threshold), trial
+
+
 def test_nms_empty_and_bad_shapes() -> None:
     kept = nms(np.zeros((0, 4)), np.zeros(0), 0.5)
     assert kept.shape == (0,) and kept.dtype == np.int64

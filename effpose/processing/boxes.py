@@ -1,7 +1,8 @@
-"""Box geometry in numpy: pairwise IoU and greedy non-maximum suppression of axis-aligned boxes."""
+"""Box geometry: pairwise IoU (numpy) and greedy non-maximum suppression (OpenCV) of axis-aligned boxes."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -22,16 +23,23 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     """Indices of the boxes kept by greedy NMS, highest score first.
 
     Boxes are visited by descending score (ties in input order); a box is dropped when its IoU with an already
-    kept box is greater than ``iou_threshold``. ``boxes`` is (N, 4) xyxy, ``scores`` is (N,).
+    kept box is greater than ``iou_threshold``. ``boxes`` is (N, 4) xyxy, ``scores`` is (N,). Boxes without a
+    positive, finite area overlap nothing (IoU 0, as :func:`box_iou` says), so they are kept and suppress nothing.
+    The greedy pass is OpenCV's ``cv2.dnn.NMSBoxes`` (the same rule, in C++), given each box's rank as its score
+    so that ties keep the input order.
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != (len(boxes),):
         raise ValueError(f"nms needs boxes (N, 4) and scores (N,), got {boxes.shape} and {scores.shape}")
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        best, order = order[0], order[1:]
-        keep.append(best)
-        order = order[box_iou(boxes[best], boxes[order])[0] <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    rank = np.empty(len(boxes), dtype=np.float64)
+    rank[order] = np.arange(len(boxes), 0, -1)  # distinct and positive: NMSBoxes keeps scores above 0
+    proper = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    kept = ~proper
+    candidates = np.flatnonzero(proper)
+    if candidates.size:
+        xywh = np.concatenate([boxes[candidates, :2], boxes[candidates, 2:] - boxes[candidates, :2]], axis=1)
+        chosen = cv2.dnn.NMSBoxes(xywh.tolist(), rank[candidates].tolist(), 0.0, float(iou_threshold))
+        kept[candidates[np.asarray(chosen, dtype=np.int64).reshape(-1)]] = True
+    return order[kept[order]].astype(np.int64)
