@@ -1,7 +1,7 @@
 """Ship a person-detector training run: export its best checkpoint into the package and write its model card.
 
     python scripts/release_detector.py --run runs/person_detector [--name person_detector] [--note TEXT]
-                                       [--only-if-better] [--input-size SIDE]
+                                       [--only-if-better] [--input-size SIDE] [--checkpoint RUN/last.pt]
 
 Exports ``best.pt`` to ``effpose/assets/NAME.onnx`` (parity-checked against torch), evaluates that ONNX file on every
 validation set of the run's config through the service's detector adapter (the code of ``effpose eval-detector``),
@@ -12,6 +12,8 @@ latency, and the threshold. ``effpose eval-detector`` on the shipped file reprod
 ``--only-if-better`` ships only when the mean box AP over the validation sets beats the shipped card's (exit 3
 otherwise, the shipped detector stays). ``--input-size`` exports at another square side than the run trained at
 (the network is fully convolutional; training's scale augmentation covers nearby sides), e.g. a smaller one for speed.
+``--checkpoint`` ships other weights than ``best.pt``: a resume point's moving average, e.g. the ``last.pt`` of a
+GPU run (``scripts/train_gpu.sh detector``), which had no validation data and so wrote no ``best.pt``.
 """
 
 from __future__ import annotations
@@ -94,14 +96,17 @@ def main() -> int:
     parser.add_argument("--note", default="", help="what the config does not say (e.g. where the weights started)")
     parser.add_argument("--only-if-better", action="store_true", help="ship only if it beats the shipped card")
     parser.add_argument("--input-size", type=int, help="exported square side (default: the run's training side)")
+    parser.add_argument("--checkpoint", type=Path, help="weights to ship (default: the run's best.pt); a resume "
+                        "point (last.pt, e.g. of a GPU run that had no validation data) ships its moving average")
     args = parser.parse_args()
 
     config = DetectorConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     side = args.input_size or config.input_size
-    if not (args.run / "best.pt").is_file():  # written only by an epoch that beat the campaign's best validation
+    checkpoint = args.checkpoint or args.run / "best.pt"
+    if not checkpoint.is_file():  # best.pt is written only by an epoch that beat the campaign's best validation
         print(json.dumps({"released": False, "reason": f"no epoch of {args.run} beat the campaign's best"}))
         return 3
-    model, extra = load_detector(args.run / "best.pt")
+    model, extra = load_detector(checkpoint, moving_average=True)
     card_path = ASSETS_DIR / f"{args.name}.json"
     candidate = None  # the validation of these weights, when the comparison measured it
     if args.only_if_better and card_path.is_file():

@@ -204,8 +204,9 @@ def test_pack_trains_through_the_gpu_script_on_a_cpu(lspet_persons: list, tmp_pa
     pack alone and writes the new resume point, metrics and ONNX model to the named folder."""
     write_pack({"coco_train": lspet_persons[:3], "lspet_train": lspet_persons[3:]}, tmp_path / "pack.npz", (96, 128))
     out = tmp_path / "gpu_run"
-    result = subprocess.run(["bash", "scripts/train_gpu.sh", str(tmp_path / "pack.npz"), str(out), "--stop-after",
-                             "5s", "--cfg-options", "batch_size=4", "samples_per_epoch=64", "workers=0"],
+    result = subprocess.run(["bash", "scripts/train_gpu.sh", "pose", str(tmp_path / "pack.npz"), str(out),
+                             "--stop-after", "5s", "--cfg-options", "batch_size=4", "samples_per_epoch=64",
+                             "workers=0"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     committed = torch.load(REPO_ROOT / "checkpoints" / "efficientpose_a_coco17" / "last.pt", weights_only=False)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,10 +23,21 @@ from effpose.detector_training.augment import (
     random_placement,
 )
 from effpose.detector_training.config import DetectionSource, DetectorConfig
-from effpose.detector_training.data import DetectionDataset, ImageBoxes, load_source, merge_boxes
+from effpose.detector_training.data import (
+    DetectionDataset,
+    ImageBoxes,
+    load_source,
+    merge_boxes,
+)
 from effpose.detector_training.export import check_detector_parity, export_detector
 from effpose.detector_training.loss import CenterNetLoss, distillation_loss, focal_loss
-from effpose.detector_training.model import DetectorOutput, build_centernet, decode_detections, load_detector
+from effpose.detector_training.model import (
+    DetectorOutput,
+    build_centernet,
+    decode_detections,
+    load_detector,
+)
+from effpose.detector_training.pack import load_detector_pack, write_detector_pack
 from effpose.detector_training.targets import encode_targets
 from effpose.detectors import OnnxDetector
 from effpose.detectors.onnx_detector import preprocess
@@ -180,6 +192,48 @@ def test_box_sources_gt_teacher_merged(tiny_detection_data: dict[str, Path]) -> 
         DetectionSource(name="bad", boxes="teacher", **paths).check()
 
 
+def test_detector_pack_gives_what_the_image_files_give(tiny_detection_data: dict[str, Path], tmp_path: Path) -> None:
+    """A packed image, shrunk to the input's side, letterboxes to the canvas and boxes of its original file."""
+    paths = {"annotations": str(tiny_detection_data["annotations"]), "images": str(tiny_detection_data["images"])}
+    records = load_source(DetectionSource(name="coco_train", **paths))
+    meta = write_detector_pack({"coco_train": records}, tmp_path / "det.npz", max_side=128, quality=95)
+    sources, read, loaded = load_detector_pack(tmp_path / "det.npz")
+    assert loaded == meta and meta["images"] == {"coco_train": len(records)}
+    assert meta["boxes"] == {"coco_train": sum(len(record.boxes) for record in records)}
+    packed = sources["coco_train"]
+    assert [r.image_id for r in packed] == [r.image_id for r in records]
+    original, from_pack = DetectionDataset(records, 128), DetectionDataset(packed, 128, read=read)
+    for index in range(len(records)):
+        (image, boxes), (packed_image, packed_boxes) = original.canvas(index), from_pack.canvas(index)
+        assert max(read(packed[index]).shape[:2]) == 128
+        np.testing.assert_allclose(packed_boxes, boxes, atol=1e-3)
+        assert np.abs(cv2.blur(packed_image, (9, 9)) - cv2.blur(image, (9, 9))).mean() < 4.0  # resampling, WebP
+    with pytest.raises(FileNotFoundError, match="pack-detector"):
+        load_detector_pack(tmp_path / "missing.npz")
+
+
+@pytest.mark.slow
+def test_pack_detector_command(tiny_detection_data: dict[str, Path], tmp_path: Path) -> None:
+    """`effpose data pack-detector` packs a config's sources with the boxes it merges, and keeps to --max-mib."""
+    source = {"name": "coco_train", "annotations": str(tiny_detection_data["annotations"]),
+              "images": str(tiny_detection_data["images"]), "boxes": "merged",
+              "teacher": str(tiny_detection_data["teacher"]), "teacher_threshold": 0.5}
+    config = tmp_path / "det.json"
+    config.write_text(json.dumps({"input_size": 64, "train": [source]}))
+    out = tmp_path / "det.npz"
+    packed = subprocess.run([EFFPOSE, "data", "pack-detector", "--config", str(config), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert packed.returncode == 0, packed.stderr
+    report = json.loads(packed.stdout)
+    merged = load_source(DetectionSource(**source))
+    assert report["max_side"] == 64 and report["boxes"] == {"coco_train": sum(len(r.boxes) for r in merged)}
+    sources, read, _ = load_detector_pack(out)
+    assert max(read(sources["coco_train"][0]).shape[:2]) == 64
+    refused = subprocess.run([EFFPOSE, "data", "pack-detector", "--config", str(config), "--out", str(out),
+                              "--max-mib", "0.001"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1 and "over --max-mib" in refused.stderr
+
+
 def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
     with pytest.raises(ValueError, match="unknown"):
         DetectorConfig.from_dict({"input_sise": 320})
@@ -293,11 +347,41 @@ def test_committed_detector_resume_point_and_teacher_fit_the_campaign_recipe() -
     state = torch.load(REPO_ROOT / "checkpoints/person_detector/last.pt", map_location="cpu", weights_only=False)
     model = build_centernet(str(REPO_ROOT / config.arch), config.max_detections)
     model.load_state_dict({name: tensor.float() for name, tensor in state["state_dict"].items()})
-    AveragedModel(model, use_buffers=True).load_state_dict(  # as resuming loads the moving average
-        {name: tensor.float() for name, tensor in state["ema"].items()})
+    averaged = AveragedModel(model, use_buffers=True)
+    averaged.load_state_dict({name: tensor.float() for name, tensor in state["ema"].items()})  # as resuming does
     assert state["train_config"]["input_size"] == config.input_size
+    # what a release of a resume point ships (scripts/release_detector.py --checkpoint last.pt): the moving average
+    shipped, _ = load_detector(REPO_ROOT / "checkpoints/person_detector/last.pt", moving_average=True)
+    expected = averaged.module.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in shipped.state_dict().items())
+    raw, _ = load_detector(REPO_ROOT / "checkpoints/person_detector/last.pt")
+    assert not all(torch.equal(value, expected[name]) for name, value in raw.state_dict().items())
     teacher, _ = load_detector(REPO_ROOT / config.distill_checkpoint)
     assert sum(p.numel() for p in teacher.parameters()) > sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_detector_pack_trains_through_the_gpu_script_on_a_cpu(
+    tiny_detection_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """scripts/train_gpu.sh detector, unchanged but for a tiny batch and budget: resumes the committed resume point
+    (distilled from the committed teacher) from a pack alone and writes the next resume point."""
+    paths = {"annotations": str(tiny_detection_data["annotations"]), "images": str(tiny_detection_data["images"])}
+    records = load_source(DetectionSource(name="x", **paths))
+    write_detector_pack({"coco_train": records[:4], "lspet_train": records[4:]}, tmp_path / "det.npz", max_side=288)
+    out = tmp_path / "gpu_run"
+    result = subprocess.run(["bash", "scripts/train_gpu.sh", "detector", str(tmp_path / "det.npz"), str(out),
+                             "--stop-after", "5s", "--cfg-options", "batch_size=2", "samples_per_epoch=4",
+                             "workers=0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distilling from checkpoints/person_detector/teacher_a320.pt" in result.stderr
+    committed = torch.load(REPO_ROOT / "checkpoints/person_detector/last.pt", weights_only=False)
+    state = torch.load(out / "last.pt", weights_only=False)
+    assert state["epoch"] > committed["epoch"] and state["train_config"]["pack"] == str(tmp_path / "det.npz")
+    assert state["history"][:len(committed["history"])] == committed["history"]
+    new = state["history"][len(committed["history"]):]
+    assert new and new[0]["crops_seen"] == committed["history"][-1]["crops_seen"] + new[0]["crops"]
+    load_detector(out / "last.pt", moving_average=True)  # what scripts/release_detector.py --checkpoint ships
 
 
 @pytest.mark.slow

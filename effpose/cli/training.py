@@ -1,6 +1,6 @@
 """Training commands: ``train`` (pose network), ``train-detector``, ``search`` (architecture search), ``build-lut``
-(its latency table) and ``data pack``. The three training runs take a JSON config whose fields ``--cfg-options``
-overrides; they work under torchrun."""
+(its latency table), ``data pack`` and ``data pack-detector``. The three training runs take a JSON config whose
+fields ``--cfg-options`` overrides; they work under torchrun."""
 
 from __future__ import annotations
 
@@ -102,11 +102,27 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     input_size = args.input or config.input_size
     sources = {source.name: load_person_records(*source.paths(), source=source.name) for source in config.train}
     meta = write_pack(sources, args.out, input_size, context=args.context, quality=args.quality)
-    size_mib = args.out.stat().st_size / 2**20
-    print(json.dumps({"out": str(args.out), "mib": round(size_mib, 2), **meta}))
-    if size_mib > args.max_mib:
-        print(f"error: the pack is {size_mib:.1f} MiB, over --max-mib {args.max_mib}: lower --quality or --context",
-              file=sys.stderr)
+    return report_pack(args.out, meta, args.max_mib, "lower --quality or --context")
+
+
+def cmd_data_pack_detector(args: argparse.Namespace) -> int:
+    """Write a detector config's training images and boxes into one data pack file."""
+    from effpose.detector_training.config import DetectorConfig
+    from effpose.detector_training.data import load_source
+    from effpose.detector_training.pack import write_detector_pack
+
+    config = DetectorConfig.load(args.config)
+    sources = {source.name: load_source(source) for source in config.train}
+    meta = write_detector_pack(sources, args.out, max_side=args.max_side or config.input_size, quality=args.quality)
+    return report_pack(args.out, meta, args.max_mib, "lower --quality or --max-side")
+
+
+def report_pack(out: Path, meta: dict[str, Any], max_mib: float, advice: str) -> int:
+    """Print a written pack's size and meta (JSON); 1 with an error on stderr when it is over ``max_mib``."""
+    size_mib = out.stat().st_size / 2**20
+    print(json.dumps({"out": str(out), "mib": round(size_mib, 2), **meta}))
+    if size_mib > max_mib:
+        print(f"error: the pack is {size_mib:.1f} MiB, over --max-mib {max_mib}: {advice}", file=sys.stderr)
         return 1
     return 0
 
@@ -162,9 +178,8 @@ def add_parsers(subparsers: Any) -> None:
                      help="the table (JSON) for effpose search --cfg-options cost=latency lut=FILE")
     lut.set_defaults(func=cmd_build_lut)
 
-    data = subparsers.add_parser("data", help="training data tools")
-    pack = data.add_subparsers(dest="data_command", required=True).add_parser(
-        "pack", help="cut a config's training persons (with context) into one small file")
+    data = subparsers.add_parser("data", help="training data tools").add_subparsers(dest="data_command", required=True)
+    pack = data.add_parser("pack", help="cut a config's training persons (with context) into one small file")
     pack.add_argument("--config", type=Path, required=True, help="training config whose train sources are packed")
     pack.add_argument("--out", type=Path, required=True, help="the pack (.npz); train with --cfg-options pack=FILE")
     pack.add_argument("--input", type=parse_input_size,
@@ -173,3 +188,14 @@ def add_parsers(subparsers: Any) -> None:
     pack.add_argument("--quality", type=int, default=80, help="WebP quality, 1-100")
     pack.add_argument("--max-mib", type=float, default=48.0, help="fail when the pack is larger")
     pack.set_defaults(func=cmd_data_pack)
+
+    detector_pack = data.add_parser(
+        "pack-detector", help="shrink a detector config's training images, with their boxes, into one small file")
+    detector_pack.add_argument("--config", type=Path, required=True,
+                               help="detector training config whose train sources are packed (boxes as it merges them)")
+    detector_pack.add_argument("--out", type=Path, required=True,
+                               help="the pack (.npz); train with effpose train-detector --cfg-options pack=FILE")
+    detector_pack.add_argument("--max-side", type=int, help="longest image side kept (default: the config's input)")
+    detector_pack.add_argument("--quality", type=int, default=70, help="WebP quality, 1-100")
+    detector_pack.add_argument("--max-mib", type=float, default=60.0, help="fail when the pack is larger")
+    detector_pack.set_defaults(func=cmd_data_pack_detector)

@@ -8,7 +8,9 @@ A machine that receives only the checkout and one data file (a lent GPU) trains 
 reads it: :func:`load_pack` gives the records of every source and a :class:`PackedImages` image reader.
 
 The file is an uncompressed ``.npz`` (numpy, no pickle): the encoded images concatenated, their offsets, the
-per-person arrays and a JSON ``meta`` entry (format version, input size, context, quality, counts).
+per-person arrays and a JSON ``meta`` entry (format version, input size, context, quality, counts). The helpers
+for such files (:func:`encode_webp`, :class:`EncodedImages`, :func:`save_arrays`, :func:`load_arrays`) also serve
+the detector's packs (:mod:`effpose.detector_training.pack`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +30,55 @@ from effpose.keypoints import NUM_KEYPOINTS
 from effpose.processing.affine import box_to_center_size
 
 PACK_FORMAT = 1
+
+
+def encode_webp(image: np.ndarray, quality: int, what: str) -> bytes:
+    """``image`` (BGR) as WebP bytes; ValueError naming ``what`` when OpenCV cannot encode it."""
+    ok, encoded = cv2.imencode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"could not encode {what}")
+    return encoded.tobytes()
+
+
+class EncodedImages:
+    """The images of a pack: encoded images concatenated (uint8) and their offsets (int64, one more than images)."""
+
+    def __init__(self, images: np.ndarray, offsets: np.ndarray) -> None:
+        self.images, self.offsets = images, offsets
+
+    @classmethod
+    def arrays(cls, blobs: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """The ``images`` and ``offsets`` arrays a pack stores for ``blobs``."""
+        offsets = np.cumsum([0, *(len(blob) for blob in blobs)]).astype(np.int64)
+        return {"images": np.frombuffer(b"".join(blobs), dtype=np.uint8), "offsets": offsets}
+
+    def decode(self, position: int, what: str) -> np.ndarray:
+        """The BGR image at ``position``; ValueError naming ``what`` when its bytes do not decode."""
+        image = cv2.imdecode(self.images[self.offsets[position]:self.offsets[position + 1]], cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"pack entry {position} ({what}) is corrupt")
+        return image
+
+
+def save_arrays(out: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write a pack's arrays to ``out`` as an uncompressed ``.npz`` (creating its folder)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as handle:  # a file object: np.savez would add ".npz" to a name without it
+        np.savez(handle, **arrays)
+
+
+def load_arrays(path: str | Path, pack_format: int, writer: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A pack's arrays and its ``meta``, after checking that the file exists and has ``pack_format``
+    (``writer``: the command that writes such packs, for the error message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data pack not found: {path} (write one with `{writer}`)")
+    with np.load(path, allow_pickle=False) as pack:
+        arrays = {key: pack[key] for key in pack.files}
+    meta = json.loads(str(arrays["meta"]))
+    if meta.get("format") != pack_format:
+        raise ValueError(f"{path}: pack format {meta.get('format')!r}, `{writer}` reads format {pack_format}")
+    return arrays, meta
 
 
 @dataclass(frozen=True)
@@ -59,11 +111,9 @@ def cut_person(image: np.ndarray, record: PersonRecord, input_size: tuple[int, i
     scale = out / side
     if out < side:  # cv2.resize maps pixel centres as x' = s (x + 0.5) - 0.5
         crop = cv2.resize(crop, (out, out), interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".webp", crop, [cv2.IMWRITE_WEBP_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"could not encode the crop of annotation {record.annotation_id}")
+    data = encode_webp(crop, quality, f"the crop of annotation {record.annotation_id}")
     shift = 0.5 * scale - 0.5
-    return PackedCrop(encoded.tobytes(), scale, (shift - scale * x0, shift - scale * y0))
+    return PackedCrop(data, scale, (shift - scale * x0, shift - scale * y0))
 
 
 def write_pack(sources: Mapping[str, Sequence[PersonRecord]], out: str | Path, input_size: tuple[int, int],
@@ -95,9 +145,8 @@ def write_pack(sources: Mapping[str, Sequence[PersonRecord]], out: str | Path, i
                 columns[key].append(value)
     meta = {"format": PACK_FORMAT, "input_size": list(input_size), "context": context, "quality": quality,
             "encoding": "webp", "persons": {name: len(sources[name]) for name in names}}
-    offsets = np.cumsum([0, *(len(blob) for blob in blobs)]).astype(np.int64)
     arrays = {
-        "images": np.frombuffer(b"".join(blobs), dtype=np.uint8), "offsets": offsets,
+        **EncodedImages.arrays(blobs),
         "source_names": np.array(names), "source": np.array(columns["source"], dtype=np.int16),
         "file_name": np.array(columns["file_name"]), "image_id": np.array(columns["image_id"], dtype=np.int64),
         "annotation_id": np.array(columns["annotation_id"], dtype=np.int64),
@@ -106,38 +155,25 @@ def write_pack(sources: Mapping[str, Sequence[PersonRecord]], out: str | Path, i
         "pseudo": np.array(columns["pseudo"], dtype=bool).reshape(-1, NUM_KEYPOINTS),
         "area": np.array(columns["area"], dtype=np.float32), "meta": np.array(json.dumps(meta)),
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as handle:  # a file object: np.savez would add ".npz" to a name without it
-        np.savez(handle, **arrays)
+    save_arrays(out, arrays)
     return meta
 
 
 class PackedImages:
     """Image reader of a pack for :class:`~effpose.data.dataset.TopDownDataset`: a record -> its BGR crop."""
 
-    def __init__(self, images: np.ndarray, offsets: np.ndarray, keys: Sequence[tuple[str, int]]) -> None:
-        self.images, self.offsets = images, offsets
+    def __init__(self, images: EncodedImages, keys: Sequence[tuple[str, int]]) -> None:
+        self.images = images
         self.index = {key: position for position, key in enumerate(keys)}
 
     def __call__(self, record: PersonRecord) -> np.ndarray:
         position = self.index[(record.source, record.annotation_id)]
-        data = self.images[self.offsets[position]:self.offsets[position + 1]]
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"pack entry {position} ({record.source}, annotation {record.annotation_id}) is corrupt")
-        return image
+        return self.images.decode(position, f"{record.source}, annotation {record.annotation_id}")
 
 
 def load_pack(path: str | Path) -> tuple[dict[str, list[PersonRecord]], PackedImages, dict[str, object]]:
     """Read a pack: the records of each source (in crop pixels), the image reader and the pack's ``meta``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data pack not found: {path} (write one with `effpose data pack`)")
-    with np.load(path, allow_pickle=False) as pack:
-        arrays = {key: pack[key] for key in pack.files}
-    meta = json.loads(str(arrays["meta"]))
-    if meta.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path}: pack format {meta.get('format')!r}, this effpose reads format {PACK_FORMAT}")
+    arrays, meta = load_arrays(path, PACK_FORMAT, "effpose data pack")
     names = [str(name) for name in arrays["source_names"]]
     sources: dict[str, list[PersonRecord]] = {name: [] for name in names}
     keys = []
@@ -149,4 +185,4 @@ def load_pack(path: str | Path) -> tuple[dict[str, list[PersonRecord]], PackedIm
             keypoints=arrays["keypoints"][i], pseudo=arrays["pseudo"][i], area=float(arrays["area"][i]), source=name)
         sources[name].append(record)
         keys.append((name, record.annotation_id))
-    return sources, PackedImages(arrays["images"], arrays["offsets"], keys), meta
+    return sources, PackedImages(EncodedImages(arrays["images"], arrays["offsets"]), keys), meta

@@ -39,8 +39,8 @@ class DetectionSource(DataSource):
         """The teacher results file (relative paths are relative to the working directory)."""
         return Path(self.teacher)
 
-    def check(self) -> None:
-        """Fail early on a wrong box kind, a missing file or a teacher file the kind does not use."""
+    def check(self, files: bool = True) -> None:
+        """Fail early on a wrong box kind, a teacher file the kind does not use or (``files``) a missing file."""
         if self.boxes not in BOX_KINDS:
             raise ValueError(f"source {self.name!r}: boxes must be one of {BOX_KINDS}, got {self.boxes!r}")
         if (self.boxes == "gt") == bool(self.teacher):
@@ -48,6 +48,8 @@ class DetectionSource(DataSource):
                              f"{'takes no' if self.boxes == 'gt' else 'needs a'} teacher results file")
         if not all(0.0 <= value <= 1.0 for value in (self.teacher_threshold, self.merge_iou, self.merge_inside)):
             raise ValueError(f"source {self.name!r}: teacher_threshold, merge_iou and merge_inside must lie in [0, 1]")
+        if not files:
+            return
         paths = [*self.paths(), *([self.teacher_path()] if self.teacher else [])]
         for path in paths:
             if not path.exists():
@@ -66,6 +68,7 @@ class DetectorConfig(LoopConfig):
     input_size: int = 320
     max_detections: int = 100
     train: list[DetectionSource] = field(default_factory=list)
+    pack: str = ""  # a detector data pack (`effpose data pack-detector`) replaces the train sources' files and boxes
     val: list[DataSource] = field(default_factory=list)
     init: Literal["scratch", "lite0"] = "lite0"
     init_checkpoint: str = ""
@@ -105,8 +108,10 @@ class DetectorConfig(LoopConfig):
         """Fail early with a clear message on settings that cannot work."""
         if not self.train:
             raise ValueError("the config has no training data sources")
+        if self.pack and not Path(self.pack).is_file():
+            raise FileNotFoundError(f"data pack {self.pack} not found (write one with `effpose data pack-detector`)")
         for source in self.train:
-            source.check()
+            source.check(files=not self.pack)
         for source in self.val:
             for path in source.paths():
                 if not path.exists():

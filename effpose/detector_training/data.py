@@ -10,7 +10,7 @@ every image of these sets shows people, so an empty list means missed people, no
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,11 @@ class ImageBoxes:
     image_id: int
     boxes: np.ndarray
     source: str
+
+
+def read_boxes_image(record: ImageBoxes) -> np.ndarray:
+    """The BGR image of ``record`` from its file (the default image reader of :class:`DetectionDataset`)."""
+    return read_image(record.image_path)
 
 
 def _boxes_by_image(entries: Sequence[dict], where: str) -> dict[int, list[tuple[float, float, float, float]]]:
@@ -111,15 +116,19 @@ class DetectionDataset(Dataset):
     (``"heatmap"``, ``"size"``, ``"offset"``, ``"mask"``). With ``augment`` enabled each item draws new random
     placements (and, with ``mosaic_prob``, three more images of this dataset) from a numpy generator seeded from
     ``torch.initial_seed()``, so every DataLoader worker has its own stream; otherwise items are the plain letterbox.
+    ``read`` gives a record's BGR image: from its file, or from a data pack
+    (:class:`~effpose.detector_training.pack.PackedDetectorImages`).
     """
 
     def __init__(self, records: Sequence[ImageBoxes], input_size: int = 320,
-                 augment: DetectionAugment | None = None) -> None:
+                 augment: DetectionAugment | None = None,
+                 read: Callable[[ImageBoxes], np.ndarray] = read_boxes_image) -> None:
         if input_size % 32:
             raise ValueError(f"input size {input_size} must be a multiple of 32")
         self.records = list(records)
         self.input_size = int(input_size)
         self.augment = augment if augment is not None else DetectionAugment.none()
+        self.read = read
         self._rng: tuple[int, np.random.Generator] | None = None
 
     def __len__(self) -> int:
@@ -146,7 +155,7 @@ class DetectionDataset(Dataset):
         size = self.input_size
         mosaic = rng is not None and rng.random() < self.augment.mosaic_prob
         indices = [index, *rng.integers(0, len(self.records), 3)] if mosaic else [index]
-        images = [read_image(self.records[i].image_path) for i in indices]
+        images = [self.read(self.records[i]) for i in indices]
         tiles = mosaic_tiles(size, rng) if mosaic else [(0, 0, size, size)]
         placements: list[Placement] = [
             letterbox_placement((image.shape[1], image.shape[0]), size) if rng is None

@@ -121,14 +121,23 @@ def build_centernet(arch: str | Genotype = "A", max_detections: int = MAX_DETECT
     return CenterNetDetector(genotype, max_detections=max_detections)
 
 
-def load_detector(path: str | Path) -> tuple[CenterNetDetector, dict[str, Any]]:
+def load_detector(path: str | Path, moving_average: bool = False) -> tuple[CenterNetDetector, dict[str, Any]]:
     """Rebuild a detector from a checkpoint written by training (``best.pt`` / ``last.pt``) or by
-    :func:`effpose.model.save_checkpoint`; returns it in eval mode and the checkpoint's other entries."""
+    :func:`effpose.model.save_checkpoint`; returns it in eval mode and the checkpoint's other entries.
+
+    ``moving_average``: where the checkpoint holds the weights' moving average (a resume point's ``ema``), load
+    that instead of the raw weights: it is what training validates and exports (``best.pt`` holds it already).
+    """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not config or config.get("kind") != KIND:
         raise ValueError(f"checkpoint {path} does not hold a person detector (no config with kind {KIND!r})")
     model = CenterNetDetector(Genotype.from_dict(config["genotype"]), max_detections=config["max_detections"])
-    model.load_state_dict(checkpoint["state_dict"])
+    if moving_average and "ema" in checkpoint:
+        prefix = "module."  # torch.optim.swa_utils.AveragedModel's names, beside its n_averaged counter
+        state = {name[len(prefix):]: value for name, value in checkpoint["ema"].items() if name.startswith(prefix)}
+    else:
+        state = checkpoint["state_dict"]
+    model.load_state_dict(state)  # copies, so float16 resume points load into float32 weights
     model.eval()
     return model, {key: value for key, value in checkpoint.items() if key not in ("state_dict", "config")}

@@ -8,6 +8,7 @@ AP / AP50 / AR with pycocotools) on each validation source's GT person boxes: wh
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from effpose.data.dataset import MixedSampler
 from effpose.detector_training.config import DetectorConfig
-from effpose.detector_training.data import DetectionDataset, load_source
+from effpose.detector_training.data import DetectionDataset, ImageBoxes, load_source, read_boxes_image
 from effpose.detector_training.export import export_detector
 from effpose.detector_training.loss import CenterNetLoss, distillation_loss
 from effpose.detector_training.model import CenterNetDetector, DetectorOutput, build_centernet, load_detector
+from effpose.detector_training.pack import load_detector_pack
 from effpose.training.trainer import Environment, TrainingLoop, initialise, log, mixed_sampler, run_loop
 
 VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
@@ -43,6 +45,21 @@ def validate_detector(model: CenterNetDetector, config: DetectorConfig) -> dict[
     if config.val:
         metrics["mean_AP"] = float(np.mean([metrics[f"{s.name}/AP"] for s in config.val]))
     return metrics
+
+
+def load_train_images(config: DetectorConfig) -> tuple[list[list[ImageBoxes]], Callable[[ImageBoxes], np.ndarray]]:
+    """The images of every training source (one list per source) and their image reader: from the sources' files,
+    or from the config's data pack."""
+    if not config.pack:
+        return [load_source(source) for source in config.train], read_boxes_image
+    sources, images, meta = load_detector_pack(config.pack)
+    missing = [source.name for source in config.train if source.name not in sources]
+    if missing:
+        raise ValueError(f"data pack {config.pack} has no source(s) {missing}; it holds {sorted(sources)}")
+    if meta["max_side"] < config.input_size:
+        log.warning("data pack %s holds images of at most %d px: training at %d upsamples them", config.pack,
+                    meta["max_side"], config.input_size)
+    return [sources[source.name] for source in config.train], images
 
 
 class DetectorTrainer(TrainingLoop):
@@ -71,13 +88,13 @@ class DetectorTrainer(TrainingLoop):
 
     def build_loader(self) -> tuple[DataLoader, MixedSampler]:
         """Every training source's images, mixed by their ratios."""
+        sources, read = load_train_images(self.config)
         datasets = []
-        for source in self.config.train:
-            records = load_source(source)
+        for source, records in zip(self.config.train, sources):
             if not records:
                 raise ValueError(f"source {source.name!r} has no image with a person box")
             log.info("source %s: %d images, %d boxes", source.name, len(records), sum(len(r.boxes) for r in records))
-            datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment))
+            datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment, read))
         data = ConcatDataset(datasets)
         sampler = mixed_sampler(data, [s.ratio for s in self.config.train], self.config, self.env)
         return self.make_loader(data, sampler), sampler
