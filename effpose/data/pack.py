@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -160,15 +161,18 @@ def write_pack(sources: Mapping[str, Sequence[PersonRecord]], out: str | Path, i
 
 
 class PackedImages:
-    """Image reader of a pack for :class:`~effpose.data.dataset.TopDownDataset`: a record -> its BGR crop."""
+    """Image reader of a pack (for :class:`~effpose.data.dataset.TopDownDataset` or the detector's dataset): a
+    record -> its BGR image, found by ``key(record)``, e.g. ``attrgetter("source", "annotation_id")``, among the
+    ``keys`` of the pack's entries in order."""
 
-    def __init__(self, images: EncodedImages, keys: Sequence[tuple[str, int]]) -> None:
-        self.images = images
-        self.index = {key: position for position, key in enumerate(keys)}
+    def __init__(self, images: EncodedImages, keys: Sequence[tuple[str, int]],
+                 key: Callable[[Any], tuple[str, int]]) -> None:
+        self.images, self.key = images, key
+        self.index = {entry: position for position, entry in enumerate(keys)}
 
-    def __call__(self, record: PersonRecord) -> np.ndarray:
-        position = self.index[(record.source, record.annotation_id)]
-        return self.images.decode(position, f"{record.source}, annotation {record.annotation_id}")
+    def __call__(self, record: Any) -> np.ndarray:
+        source, number = self.key(record)
+        return self.images.decode(self.index[(source, number)], f"{source}, entry id {number}")
 
 
 def load_pack(path: str | Path) -> tuple[dict[str, list[PersonRecord]], PackedImages, dict[str, object]]:
@@ -185,4 +189,5 @@ def load_pack(path: str | Path) -> tuple[dict[str, list[PersonRecord]], PackedIm
             keypoints=arrays["keypoints"][i], pseudo=arrays["pseudo"][i], area=float(arrays["area"][i]), source=name)
         sources[name].append(record)
         keys.append((name, record.annotation_id))
-    return sources, PackedImages(EncodedImages(arrays["images"], arrays["offsets"]), keys), meta
+    images = EncodedImages(arrays["images"], arrays["offsets"])
+    return sources, PackedImages(images, keys, attrgetter("source", "annotation_id")), meta

@@ -117,7 +117,7 @@ class DetectionDataset(Dataset):
     placements (and, with ``mosaic_prob``, three more images of this dataset) from a numpy generator seeded from
     ``torch.initial_seed()``, so every DataLoader worker has its own stream; otherwise items are the plain letterbox.
     ``read`` gives a record's BGR image: from its file, or from a data pack
-    (:class:`~effpose.detector_training.pack.PackedDetectorImages`).
+    (:class:`~effpose.data.pack.PackedImages`).
     """
 
     def __init__(self, records: Sequence[ImageBoxes], input_size: int = 320,

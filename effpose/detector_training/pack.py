@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from effpose.data.pack import EncodedImages, encode_webp, load_arrays, save_arrays
+from effpose.data.pack import EncodedImages, PackedImages, encode_webp, load_arrays, save_arrays
 from effpose.detector_training.data import ImageBoxes, read_boxes_image
 
 DETECTOR_PACK_FORMAT = 1
@@ -75,19 +76,7 @@ def write_detector_pack(sources: Mapping[str, Sequence[ImageBoxes]], out: str | 
     return meta
 
 
-class PackedDetectorImages:
-    """Image reader of a detector pack for :class:`~effpose.detector_training.data.DetectionDataset`."""
-
-    def __init__(self, images: EncodedImages, keys: Sequence[tuple[str, int]]) -> None:
-        self.images = images
-        self.index = {key: position for position, key in enumerate(keys)}
-
-    def __call__(self, record: ImageBoxes) -> np.ndarray:
-        position = self.index[(record.source, record.image_id)]
-        return self.images.decode(position, f"{record.source}, image {record.image_id}")
-
-
-def load_detector_pack(path: str | Path) -> tuple[dict[str, list[ImageBoxes]], PackedDetectorImages, dict[str, Any]]:
+def load_detector_pack(path: str | Path) -> tuple[dict[str, list[ImageBoxes]], PackedImages, dict[str, Any]]:
     """Read a detector pack: the records of each source (boxes in the shrunk images' pixels), the image reader and
     the pack's ``meta``."""
     arrays, meta = load_arrays(path, DETECTOR_PACK_FORMAT, WRITER)
@@ -102,4 +91,5 @@ def load_detector_pack(path: str | Path) -> tuple[dict[str, list[ImageBoxes]], P
         record = ImageBoxes(Path(str(arrays["file_name"][i])), int(arrays["image_id"][i]), boxes, name)
         sources[name].append(record)
         keys.append((name, record.image_id))
-    return sources, PackedDetectorImages(EncodedImages(arrays["images"], arrays["offsets"]), keys), meta
+    images = EncodedImages(arrays["images"], arrays["offsets"])
+    return sources, PackedImages(images, keys, attrgetter("source", "image_id")), meta
