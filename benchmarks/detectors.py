@@ -7,12 +7,12 @@
 For each detector: person box AP / AP50 / AR (pycocotools, detections from score 0.01, at most 100 per image) and
 milliseconds per image (``detect()`` wall time, pre- and post-processing included, median and p90), both through
 the service's detector adapter; and at the detector's default (calibrated) threshold, the persons it finds (IoU >= 0.5,
-one detection per person): over the split, and in the photos of at least 8 annotated persons. Then end to end: the
-shipped pose model (no flip) evaluated as ``effpose eval --boxes`` does, on each detector's boxes (score >=
---pose-threshold, at most 20 per image, the service's default cap) and on the ground-truth boxes. The detectors
-run one after the other with the same ONNX Runtime thread count.
-Beside them, the pose model's time per person crop (crop, network and decoding of one crop at a time, median over
-the ground-truth persons), the cost each detected person adds to an image's detector time.
+one detection per person): over the split, by person height, and in the photos of at least 8 annotated persons.
+Then end to end: the shipped pose model (no flip) evaluated as ``effpose eval --boxes`` does, on each detector's
+boxes (score >= --pose-threshold, at most 20 per image, the service's default cap) and on the ground-truth boxes.
+The detectors run one after the other with the same ONNX Runtime thread count. Beside them, the pose model's time
+per person crop (crop, network and decoding of one crop at a time, median over the ground-truth persons), the cost
+each detected person adds to an image's detector time.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from effpose.data.coco import is_scored_person, read_coco_json, xywh_to_xyxy
 from effpose.data.dataset import read_image
 from effpose.detectors import OnnxDetector
 from effpose.evaluation import evaluate, load_estimator
-from effpose.evaluation.detection import coco_box_ap, detect_images, persons_found
+from effpose.evaluation.detection import coco_box_ap, detect_images, person_boxes, persons_found
 from effpose.runtime import PoseEstimator
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +47,7 @@ IMAGES = "coco/images"
 POSE_METRICS = ("AP", "AP50", "AP75", "AR")
 MAX_PERSONS = 20
 CROWDED = 8  # a crowded photo has at least this many annotated persons
+HEIGHT_BINS = ((0, 64), (64, 128), (128, 256), (256, np.inf))  # person box heights (pixels) for recall
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,15 +101,21 @@ def strongest(results: list[dict[str, Any]], threshold: float, per_image: int) -
 
 
 def found_by_default(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """Persons found (IoU >= 0.5) at the detector's default threshold: over the whole split, and on each crowded
-    photo (at least :data:`CROWDED` persons), what a user gets from a group photo without tuning."""
+    """Persons found (IoU >= 0.5) at the detector's default threshold, what a user gets without tuning: over the
+    whole split, by person height (pixels), and on each crowded photo (at least :data:`CROWDED` persons)."""
     found = persons_found(gt, results, threshold)
-    crowded = {image: counts for image, counts in sorted(found.items()) if counts[1] >= CROWDED}
-    return {"threshold": round(threshold, 4),
-            "recall": round(sum(f for f, _ in found.values()) / max(sum(n for _, n in found.values()), 1), 4),
-            "crowded_found": sum(f for f, _ in crowded.values()),
-            "crowded_persons": sum(n for _, n in crowded.values()),
-            "crowded_per_image": {str(image): f"{f}/{n}" for image, (f, n) in crowded.items()}}
+    heights = {image: boxes[:, 3] - boxes[:, 1] for image, boxes in person_boxes(gt).items()}
+    flags, tall = np.concatenate(list(found.values())), np.concatenate([heights[image] for image in found])
+    by_height = {}
+    for low, high in HEIGHT_BINS:
+        inside = (tall >= low) & (tall < high)
+        by_height[f"{low}-{high}" if high < np.inf else f">={low}"] = {
+            "persons": int(inside.sum()), "recall": round(float(flags[inside].mean()), 4) if inside.any() else None}
+    crowded = {image: flags for image, flags in sorted(found.items()) if len(flags) >= CROWDED}
+    return {"threshold": round(threshold, 4), "recall": round(float(flags.mean()), 4), "recall_by_height": by_height,
+            "crowded_found": int(sum(f.sum() for f in crowded.values())),
+            "crowded_persons": sum(len(f) for f in crowded.values()),
+            "crowded_per_image": {str(image): f"{int(f.sum())}/{len(f)}" for image, f in crowded.items()}}
 
 
 def measure_detector(name: str, path: Path, args: argparse.Namespace, pose_model: Path,

@@ -116,9 +116,12 @@ def test_persons_found_at_a_threshold() -> None:
     duplicate = {**hits[1], "score": 0.85}  # a second box on the same person finds nobody new
     missed = {**results_for(shift=30.0)[2], "score": 0.7}  # overlaps its person below IoU 0.5
     detections = [*hits, duplicate, missed]
-    assert persons_found(gt, detections, 0.5) == {1: (1, 1), 2: (1, 2)}
-    assert persons_found(gt, detections, 0.2) == {1: (1, 1), 2: (2, 2)}
-    assert persons_found(gt, detections, 0.95) == {1: (0, 1), 2: (0, 2)}
+    def found(threshold: float) -> dict[int, list[bool]]:
+        return {image: flags.tolist() for image, flags in persons_found(gt, detections, threshold).items()}
+
+    assert found(0.5) == {1: [True], 2: [True, False]}
+    assert found(0.2) == {1: [True], 2: [True, True]}
+    assert found(0.95) == {1: [False], 2: [False, False]}
 
 
 def test_calibrated_threshold_lives_in_the_model(tmp_path: Path) -> None:

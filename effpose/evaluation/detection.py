@@ -147,13 +147,12 @@ def operating_points(gt: dict[str, Any], results: list[dict[str, Any]], iou: flo
 
 def persons_found(
     gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, iou: float = 0.5
-) -> dict[int, tuple[int, int]]:
-    """For each image with non-crowd persons in ``gt``: how many of them the detections scoring at least
-    ``threshold`` find (matched as in :func:`match_detections`), and how many there are."""
+) -> dict[int, np.ndarray]:
+    """For each image with non-crowd persons in ``gt``: which of them (in :func:`person_boxes` order) the detections
+    scoring at least ``threshold`` find, matched as in :func:`match_detections`."""
     truth = person_boxes(gt)
     kept = sorted((r for r in results if r["score"] >= threshold), key=lambda r: -r["score"])
-    _, matched = match_detections(truth, kept, iou)
-    return {image: (int(found.sum()), len(found)) for image, found in matched.items()}
+    return match_detections(truth, kept, iou)[1]
 
 
 def calibrate_threshold(gt: dict[str, Any], results: list[dict[str, Any]]) -> OperatingPoint:
