@@ -111,7 +111,7 @@ def found_by_default(gt: dict[str, Any], results: list[dict[str, Any]], threshol
         inside = (tall >= low) & (tall < high)
         by_height[f"{low}-{high}" if high < np.inf else f">={low}"] = {
             "persons": int(inside.sum()), "recall": round(float(flags[inside].mean()), 4) if inside.any() else None}
-    crowded = {image: flags for image, flags in sorted(found.items()) if len(flags) >= CROWDED}
+    crowded = {image: hits for image, hits in sorted(found.items()) if len(hits) >= CROWDED}
     return {"threshold": round(threshold, 4), "recall": round(float(flags.mean()), 4), "recall_by_height": by_height,
             "crowded_found": int(sum(f.sum() for f in crowded.values())),
             "crowded_persons": sum(len(f) for f in crowded.values()),
