@@ -105,10 +105,11 @@ def found_by_default(gt: dict[str, Any], results: list[dict[str, Any]], threshol
     whole split, by person height (pixels), and on each crowded photo (at least :data:`CROWDED` persons)."""
     found = persons_found(gt, results, threshold)
     heights = {image: boxes[:, 3] - boxes[:, 1] for image, boxes in person_boxes(gt).items()}
-    flags, tall = np.concatenate(list(found.values())), np.concatenate([heights[image] for image in found])
+    flags = np.concatenate(list(found.values()))
+    person_heights = np.concatenate([heights[image] for image in found])
     by_height = {}
     for low, high in HEIGHT_BINS:
-        inside = (tall >= low) & (tall < high)
+        inside = (person_heights >= low) & (person_heights < high)
         by_height[f"{low}-{high}" if high < np.inf else f">={low}"] = {
             "persons": int(inside.sum()), "recall": round(float(flags[inside].mean()), 4) if inside.any() else None}
     crowded = {image: hits for image, hits in sorted(found.items()) if len(hits) >= CROWDED}

@@ -4,6 +4,7 @@ sources, ONNX export parity with the service adapter, and a smoke `effpose train
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -372,7 +373,8 @@ def test_detector_pack_trains_through_the_gpu_script_on_a_cpu(
     out = tmp_path / "gpu_run"
     result = subprocess.run(["bash", "scripts/train_gpu.sh", "detector", str(tmp_path / "det.npz"), str(out),
                              "--stop-after", "5s", "--cfg-options", "batch_size=2", "samples_per_epoch=4",
-                             "workers=0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                             "workers=0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "EFFPOSE_DATA": str(tmp_path / "no_data")})  # the pack only
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distilling from checkpoints/person_detector/teacher_a320.pt" in result.stderr
     committed = torch.load(REPO_ROOT / "checkpoints/person_detector/last.pt", weights_only=False)
