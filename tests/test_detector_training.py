@@ -39,7 +39,7 @@ from effpose.detector_training.model import (
     load_detector,
 )
 from effpose.detector_training.pack import load_detector_pack, write_detector_pack
-from effpose.detector_training.targets import encode_targets
+from effpose.detector_training.targets import MIN_REGRESSION_WEIGHT, encode_targets
 from effpose.detectors import OnnxDetector
 from effpose.detectors.onnx_detector import preprocess
 
@@ -65,6 +65,29 @@ def test_encoded_targets_decode_back_to_the_boxes() -> None:
     assert len(found) == 3 and np.all(np.diff(detections[:, 4]) <= 0)  # sorted by score
     order = np.lexsort((found[:, 1], found[:, 0]))
     np.testing.assert_allclose(found[order, :4], boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))], atol=1e-3)
+
+
+def test_gaussian_regression_cells_decode_their_box_around_each_centre() -> None:
+    # the first and the last overlap: the cells between their centres go to the nearer one
+    boxes = np.array([[10.5, 20.0, 70.25, 126.0], [100.0, 8.0, 124.0, 60.0], [30.0, 30.0, 80.0, 120.0]])
+    centre, dense = encode_targets(boxes, canvas=128), encode_targets(boxes, canvas=128, regression_cells="gaussian")
+    np.testing.assert_array_equal(dense["heatmap"], centre["heatmap"])
+    weights = dense["mask"][0]
+    assert np.sum(weights == 1.0) == 3 and np.sum(weights > 0) > 3 * 5  # the centres, and their neighbours
+    assert weights[weights > 0].min() >= MIN_REGRESSION_WEIGHT
+    np.testing.assert_array_equal(dense["size"][:, weights == 1.0], centre["size"][:, weights == 1.0])
+    rows, cols = np.nonzero(weights)
+    cx, cy = (cols + dense["offset"][0, rows, cols]) * 4, (rows + dense["offset"][1, rows, cols]) * 4
+    half_w, half_h = np.exp(dense["size"][0, rows, cols]) * 2, np.exp(dense["size"][1, rows, cols]) * 2
+    decoded = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1)
+    error = np.abs(decoded[:, None, :] - boxes[None]).max(axis=2)  # every cell decodes one of the boxes
+    assert np.all(error.min(axis=1) < 1e-3)
+    owner = error.argmin(axis=1)
+    assert set(owner) == {0, 1, 2}
+    gaussians = [encode_targets(box[None], canvas=128)["heatmap"][0] for box in boxes]
+    assert all(gaussians[o][r, c] == max(g[r, c] for g in gaussians) for o, r, c in zip(owner, rows, cols))
+    with pytest.raises(ValueError, match="regression_cells"):
+        encode_targets(boxes, canvas=128, regression_cells="everywhere")
 
 
 def test_decoded_boxes_are_clipped_to_the_input() -> None:
@@ -119,6 +142,10 @@ def test_plain_canvas_is_the_inference_letterbox(tmp_path: Path) -> None:
     assert item["mask"][0, cell[1], cell[0]] == 1
     np.testing.assert_allclose(np.exp(item["size"][:, cell[1], cell[0]].numpy()) * 4,
                                canvas_box[2:] - canvas_box[:2], rtol=1e-4)
+    assert item["mask"].sum() == 1
+    dense = DetectionDataset([ImageBoxes(tmp_path / "a.png", 1, box, "test")], input_size=96,
+                             regression_cells="gaussian")[0]
+    assert dense["mask"][0, cell[1], cell[0]] == 1 and dense["mask"].sum() > 1
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -243,6 +270,9 @@ def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
     config = DetectorConfig.from_dict({"input_size": 300})
     config.train = [DetectionSource(annotations=__file__, images=".", name="x")]
     with pytest.raises(ValueError, match="multiple of 32"):
+        config.validate()
+    config.input_size, config.regression_cells = 320, "everywhere"
+    with pytest.raises(ValueError, match="regression_cells"):
         config.validate()
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from effpose.data.sources import DataSource
 from effpose.detector_training.augment import DetectionAugment
+from effpose.detector_training.targets import REGRESSION_CELLS
 from effpose.training.config import LoopConfig
 
 BOX_KINDS: tuple[str, ...] = ("gt", "teacher", "merged")
@@ -75,6 +76,8 @@ class DetectorConfig(LoopConfig):
     heatmap_weight: float = 1.0
     size_weight: float = 1.0
     offset_weight: float = 1.0
+    # cells whose size and offset are learnt: each box's centre cell (CenterNet) or its centre Gaussian (TTFNet)
+    regression_cells: Literal["centre", "gaussian"] = "centre"
     distill_checkpoint: str = ""  # a trained detector whose outputs the model also learns (dense distillation)
     distill_weight: float = 1.0
     augment: DetectionAugment = field(default_factory=DetectionAugment)
@@ -121,6 +124,8 @@ class DetectorConfig(LoopConfig):
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
         if self.distill_checkpoint and not Path(self.distill_checkpoint).is_file():
             raise FileNotFoundError(f"distill_checkpoint {self.distill_checkpoint} not found")
+        if self.regression_cells not in REGRESSION_CELLS:
+            raise ValueError(f"regression_cells must be one of {REGRESSION_CELLS}, got {self.regression_cells!r}")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if (self.input_size // 4) ** 2 < self.max_detections:

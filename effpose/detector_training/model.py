@@ -7,7 +7,8 @@ transposed convs up to stride 4) gives 32 stride-4 channels; three small heads (
 
 * ``heatmap`` (1): logit that a person's box centre lies in the cell (bias -2.19, i.e. p = 0.1, as in CenterNet);
 * ``size`` (2): log(w / 4), log(h / 4), the box size in log stride units (scale-invariant, always positive);
-* ``offset`` (2): the centre's position inside the cell, in [0, 1).
+* ``offset`` (2): centre / 4 - cell, the centre's position inside the cell ([0, 1) at the centre cell; training
+  with ``regression_cells="gaussian"`` also teaches the cells around it, whose offsets lie outside).
 
 :class:`DetectionGraph` is what ships: peaks of the heatmap (3x3 max-pool suppression), the top K by score,
 rows (x1, y1, x2, y2, sigmoid score) in input pixels clipped to the input, sorted by score.

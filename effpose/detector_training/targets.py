@@ -6,6 +6,13 @@ offset (cx / s - j, cy / s - i) in [0, 1) and the size log(w / s), log(h / s); t
 peak exactly 1 at that cell with CenterNet's radius (objects-as-points, ``gaussian_radius`` at min overlap 0.7,
 sigma = diameter / 6), the maximum where Gaussians overlap. Decoding (``effpose.detector_training.model``) inverts this:
 centre = (cell + offset) * s, size = exp(log size) * s.
+
+Regression cells: CenterNet learns size and offset only at the centre cell (``"centre"``). With ``"gaussian"``
+(TTFNet's Gaussian-weighted regression samples) every cell where the box's centre Gaussian is at least
+:data:`MIN_REGRESSION_WEIGHT` carries the box's size and its own offset ``centre / s - cell`` (outside [0, 1)
+off the centre), weighted by the Gaussian's value there; a cell two boxes' Gaussians share belongs to the higher one
+(the smaller box on ties). A peak that lands next to the centre then still decodes the right box, and each person
+gives the regression heads many samples instead of one.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import numpy as np
 from effpose.data.dataset import gaussian_heatmaps
 
 STRIDE = 4
+REGRESSION_CELLS: tuple[str, ...] = ("centre", "gaussian")
+MIN_REGRESSION_WEIGHT = 0.05  # Gaussian value below which a cell carries no regression target ("gaussian")
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
@@ -34,13 +43,17 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
     return min(r1, r2, r3)
 
 
-def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE) -> dict[str, np.ndarray]:
+def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE,
+                   regression_cells: str = "centre") -> dict[str, np.ndarray]:
     """Targets of (M, 4) xyxy boxes on an S x S canvas, as float32 maps of the (S / stride)^2 grid.
 
     ``heatmap`` (1, h, w), ``size`` (2, h, w) log(w / stride), log(h / stride), ``offset`` (2, h, w) and ``mask``
-    (1, h, w): 1 at the cells that carry a box. Larger boxes are written first, so where two centres share a
-    cell the smaller box owns its size and offset.
+    (1, h, w): the regression weight of each cell, 1 at box centres, 0 where no box is regressed (``"gaussian"``
+    ``regression_cells``: the Gaussian's value around each centre, see the module docstring). Larger boxes are
+    written first, so where two centres share a cell the smaller box owns its size and offset.
     """
+    if regression_cells not in REGRESSION_CELLS:
+        raise ValueError(f"regression_cells must be one of {REGRESSION_CELLS}, got {regression_cells!r}")
     grid = canvas // stride
     heatmap = np.zeros((1, grid, grid), np.float32)
     size = np.zeros((2, grid, grid), np.float32)
@@ -55,10 +68,15 @@ def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE) -> dict
         centre = (boxes[index, :2] + boxes[index, 2:]) / 2
         cell = np.clip(np.floor(centre), 0, grid - 1).astype(np.int64)
         sigma = (2 * max(0, int(gaussian_radius(height, width))) + 1) / 6
-        np.maximum(heatmap[0], gaussian_heatmaps(cell[None].astype(np.float32), (grid, grid), sigma)[0],
-                   out=heatmap[0])
-        col, row = cell
-        size[:, row, col] = np.log([width, height])
-        offset[:, row, col] = centre - cell
-        mask[0, row, col] = 1.0
+        gaussian = gaussian_heatmaps(cell[None].astype(np.float32), (grid, grid), sigma)[0]
+        np.maximum(heatmap[0], gaussian, out=heatmap[0])
+        if regression_cells == "gaussian":
+            rows, cols = np.nonzero((gaussian >= MIN_REGRESSION_WEIGHT) & (gaussian >= mask[0]))
+            weights = gaussian[rows, cols]
+        else:
+            rows, cols, weights = cell[1:], cell[:1], np.ones(1, np.float32)
+        size[:, rows, cols] = np.log([[width], [height]])
+        offset[0, rows, cols] = centre[0] - cols
+        offset[1, rows, cols] = centre[1] - rows
+        mask[0, rows, cols] = weights
     return {"heatmap": heatmap, "size": size, "offset": offset, "mask": mask}

@@ -94,7 +94,8 @@ class DetectorTrainer(TrainingLoop):
             if not records:
                 raise ValueError(f"source {source.name!r} has no image with a person box")
             log.info("source %s: %d images, %d boxes", source.name, len(records), sum(len(r.boxes) for r in records))
-            datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment, read))
+            datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment, read,
+                                             self.config.regression_cells))
         data = ConcatDataset(datasets)
         sampler = mixed_sampler(data, [s.ratio for s in self.config.train], self.config, self.env)
         return self.make_loader(data, sampler), sampler
