@@ -271,3 +271,26 @@ def test_curve_fit_of_the_detector_campaign_prices_its_box_ap_target(tmp_path: P
     now = 0.2 + 0.02 * np.log(crops[-1] / crops[0])
     assert box_ap["target"] == 0.4 and box_ap["crops_needed"] == pytest.approx(
         crops[-1] * np.exp((0.4 - now) / 0.02), rel=1e-3)
+
+
+def test_ab_comparison_decides_on_the_last_complete_epochs(tmp_path: Path) -> None:
+    """scripts/campaign_ab.py: arm "steady" has the best single epoch and mean, arm "late" the better end; the rule
+    (mean of the last three complete epochs) picks "late", and a cut final epoch counts in images, not in the rule."""
+    def arm(name: str, aps: list[float], cut: float | None = None) -> Path:
+        epochs = [{"epoch": 80 + i, "complete": True, "crops": 1600, "samples_per_s": 5.0, "loss": 1.0,
+                   "mean_AP": ap} for i, ap in enumerate(aps)]
+        if cut is not None:
+            epochs.append({**epochs[-1], "epoch": 80 + len(aps), "complete": False, "crops": 160, "mean_AP": cut})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+        return tmp_path / name
+
+    steady = arm("steady", [0.23, 0.22, 0.22, 0.20, 0.20, 0.20])
+    late = arm("late", [0.18, 0.19, 0.20, 0.21, 0.21, 0.21], cut=0.0)
+    result = subprocess.run([sys.executable, "scripts/campaign_ab.py", str(steady), str(late)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
+    assert "| 0.2000 |" in rows["steady"] and "0.2117 / 0.2300 (epoch 80)" in rows["steady"]
+    assert "| 0.2100 |" in rows["late"] and "| 9,760 |" in rows["late"] and "| 80-86 |" in rows["late"]
+    assert result.stdout.strip().endswith("winner: late")
