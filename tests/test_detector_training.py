@@ -31,7 +31,7 @@ from effpose.detector_training.data import (
     merge_boxes,
 )
 from effpose.detector_training.export import check_detector_parity, export_detector
-from effpose.detector_training.loss import CenterNetLoss, distillation_loss, focal_loss
+from effpose.detector_training.loss import CenterNetLoss, distillation_loss, focal_loss, giou_loss
 from effpose.detector_training.model import (
     DetectorOutput,
     build_centernet,
@@ -111,6 +111,28 @@ def test_focal_loss_rewards_the_right_heatmap() -> None:
                                             encode_targets(np.array([[8.0, 8.0, 40.0, 48.0]]), 64).items()})
     assert parts["loss"] == pytest.approx(float(parts["heatmap"] + 2 * parts["size"] + parts["offset"]))
 
+
+
+def test_giou_loss_scores_the_decoded_boxes_of_the_regression_cells() -> None:
+    boxes = np.array([[10.5, 20.0, 70.25, 126.0], [100.0, 8.0, 124.0, 60.0]])
+    targets = {k: torch.from_numpy(v)[None] for k, v in
+               encode_targets(boxes, canvas=128, regression_cells="gaussian").items()}
+    exact = DetectorOutput(targets["heatmap"], targets["size"].clone(), targets["offset"].clone())
+    assert giou_loss(exact, targets) == pytest.approx(0.0, abs=1e-6)
+    doubled = DetectorOutput(exact.heatmap, exact.size + np.log(2.0), exact.offset)  # same centres, twice the sides
+    assert giou_loss(doubled, targets) == pytest.approx(0.75, abs=1e-5)  # IoU 1/4, the hull is the larger box
+    moved = exact.offset.clone()
+    moved[:, 0] += 40.0  # every box moved past its own width: IoU 0, a positive GIoU penalty beyond 1
+    assert giou_loss(DetectorOutput(exact.heatmap, exact.size, moved), targets) > 1.0
+    wild = exact.size.clone().requires_grad_()
+    with torch.no_grad():
+        wild[targets["mask"].expand_as(wild) == 0] = 1e4  # untrained cells outside the regression cells
+    loss = giou_loss(DetectorOutput(exact.heatmap, wild, exact.offset), targets)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(wild.grad).all()
+    parts = CenterNetLoss(giou_weight=2.0)(doubled, targets)
+    assert parts["loss"] == pytest.approx(float(parts["heatmap"] + parts["size"] + parts["offset"] + 2 * 0.75))
+    assert "giou" not in CenterNetLoss()(doubled, targets)
 
 
 def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
@@ -273,6 +295,9 @@ def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
         config.validate()
     config.input_size, config.regression_cells = 320, "everywhere"
     with pytest.raises(ValueError, match="regression_cells"):
+        config.validate()
+    config.regression_cells, config.giou_weight = "gaussian", -1.0
+    with pytest.raises(ValueError, match="loss weights"):
         config.validate()
 
 

@@ -76,6 +76,7 @@ class DetectorConfig(LoopConfig):
     heatmap_weight: float = 1.0
     size_weight: float = 1.0
     offset_weight: float = 1.0
+    giou_weight: float = 0.0  # GIoU of the decoded boxes at the regression cells (TTFNet's box loss); 0: off
     # cells whose size and offset are learnt: each box's centre cell (CenterNet) or its centre Gaussian (TTFNet)
     regression_cells: Literal["centre", "gaussian"] = "centre"
     distill_checkpoint: str = ""  # a trained detector whose outputs the model also learns (dense distillation)
@@ -126,6 +127,8 @@ class DetectorConfig(LoopConfig):
             raise FileNotFoundError(f"distill_checkpoint {self.distill_checkpoint} not found")
         if self.regression_cells not in REGRESSION_CELLS:
             raise ValueError(f"regression_cells must be one of {REGRESSION_CELLS}, got {self.regression_cells!r}")
+        if min(self.heatmap_weight, self.size_weight, self.offset_weight, self.giou_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
         if self.distill_weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if (self.input_size // 4) ** 2 < self.max_detections:

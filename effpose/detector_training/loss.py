@@ -1,8 +1,9 @@
-"""CenterNet loss: penalty-reduced focal loss on the centre heatmap, L1 on log size and offset at box centres.
+"""CenterNet loss: penalty-reduced focal loss on the centre heatmap, L1 on log size and offset at box centres
+(optionally GIoU of the decoded boxes, as TTFNet).
 
-Weights default to 1 / 1 / 1. CenterNet weights its size L1 by 0.1 because it regresses raw sizes in pixels
-(tens of units); here the size is log(w / 4), whose L1 error is the relative size error, of the same order as the
-offset error in cells, so both regressions get weight 1 (the same balance CenterNet's 0.1 strikes for pixels).
+Weights default to 1 / 1 / 1 (GIoU 0: off). CenterNet weights its size L1 by 0.1 because it regresses raw sizes in
+pixels (tens of units); here the size is log(w / 4), whose L1 error is the relative size error, of the same order as
+the offset error in cells, so both regressions get weight 1 (the same balance CenterNet's 0.1 strikes for pixels).
 """
 
 from __future__ import annotations
@@ -32,12 +33,47 @@ def masked_l1(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (torch.abs(prediction - target) * mask).sum() / (mask.sum() * prediction.shape[1]).clamp(min=1.0)
 
 
-class CenterNetLoss(nn.Module):
-    """Weighted sum of :func:`focal_loss` (heatmap) and :func:`masked_l1` (size, offset); returns every part."""
+MAX_LOG_SIZE = 10.0  # log(w / stride) clamp before exp in the GIoU loss (untrained heads can output anything)
 
-    def __init__(self, heatmap_weight: float = 1.0, size_weight: float = 1.0, offset_weight: float = 1.0):
+
+def cell_boxes(size: Tensor, offset: Tensor) -> Tensor:
+    """Boxes (M, 4) x1, y1, x2, y2 in grid cells from (M, 2) log sizes and (M, 2) centres relative to their cell
+    (the cell's own position cancels out of IoU, so it is left out)."""
+    half = torch.exp(size.clamp(max=MAX_LOG_SIZE)) / 2
+    return torch.cat([offset - half, offset + half], dim=1)
+
+
+def giou_loss(output: DetectorOutput, targets: dict[str, Tensor]) -> Tensor:
+    """1 - generalised IoU between the box each regression cell decodes and its target box, weighted by the cell's
+    ``mask`` value and divided by the weights' sum (cells of weight 0 are never decoded)."""
+    weight = targets["mask"][:, 0]
+    cells = weight > 0
+    if not cells.any():
+        return output.size.sum() * 0.0
+
+    def boxes(size: Tensor, offset: Tensor) -> Tensor:
+        return cell_boxes(size.float().permute(0, 2, 3, 1)[cells], offset.float().permute(0, 2, 3, 1)[cells])
+
+    predicted, target = boxes(output.size, output.offset), boxes(targets["size"], targets["offset"])
+    inner = (torch.minimum(predicted[:, 2:], target[:, 2:]) - torch.maximum(predicted[:, :2], target[:, :2]))
+    intersection = inner.clamp(min=0).prod(dim=1)
+    area = (predicted[:, 2:] - predicted[:, :2]).prod(dim=1) + (target[:, 2:] - target[:, :2]).prod(dim=1)
+    union = area - intersection
+    hull = (torch.maximum(predicted[:, 2:], target[:, 2:]) - torch.minimum(predicted[:, :2], target[:, :2])).prod(dim=1)
+    giou = intersection / union - (hull - union) / hull
+    return ((1 - giou) * weight[cells]).sum() / weight[cells].sum()
+
+
+class CenterNetLoss(nn.Module):
+    """Weighted sum of :func:`focal_loss` (heatmap), :func:`masked_l1` (size, offset) and, with a positive
+    ``giou_weight``, :func:`giou_loss`; returns every part it computes."""
+
+    def __init__(self, heatmap_weight: float = 1.0, size_weight: float = 1.0, offset_weight: float = 1.0,
+                 giou_weight: float = 0.0):
         super().__init__()
         self.weights = {"heatmap": heatmap_weight, "size": size_weight, "offset": offset_weight}
+        if giou_weight > 0:
+            self.weights["giou"] = giou_weight
 
     def forward(self, output: DetectorOutput, targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """``targets`` holds the maps of :func:`effpose.detector_training.targets.encode_targets`, batched."""
@@ -47,6 +83,8 @@ class CenterNetLoss(nn.Module):
             "size": masked_l1(output.size.float(), targets["size"], mask),
             "offset": masked_l1(output.offset.float(), targets["offset"], mask),
         }
+        if "giou" in self.weights:
+            parts["giou"] = giou_loss(output, targets)
         return {"loss": sum(self.weights[name] * value for name, value in parts.items()), **parts}
 
 

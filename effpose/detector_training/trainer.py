@@ -68,7 +68,8 @@ class DetectorTrainer(TrainingLoop):
     config: DetectorConfig
 
     def __init__(self, config: DetectorConfig, env: Environment):
-        self.criterion = CenterNetLoss(config.heatmap_weight, config.size_weight, config.offset_weight)
+        self.criterion = CenterNetLoss(config.heatmap_weight, config.size_weight, config.offset_weight,
+                                       config.giou_weight)
         super().__init__(config, env)
         self.teacher = self.load_teacher() if config.distill_checkpoint else None
 
@@ -101,7 +102,7 @@ class DetectorTrainer(TrainingLoop):
         return self.make_loader(data, sampler), sampler
 
     def compute_loss(self, output: DetectorOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Focal heatmap loss + L1 on log size and offset (see :class:`CenterNetLoss`)."""
+        """Focal heatmap loss + L1 on log size and offset (+ GIoU) (see :class:`CenterNetLoss`), + distillation."""
         targets = {name: batch[name].to(self.env.device, non_blocking=True)
                    for name in ("heatmap", "size", "offset", "mask")}
         losses = self.criterion(output, targets)
