@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Compare the arms of a campaign A/B: runs started from the same resume point with equal CPU time, differing in one
 setting. Prints one row per arm and names the winner by the rule fixed before the runs: the higher mean of the
-selection metric over each arm's last ``--last`` complete epochs (both arms annealed by ``run_cosine``).
+selection metric over each arm's last ``--last`` complete epochs (both arms annealed by ``run_cosine``). The last
+line is ``winner: RUN_FOLDER`` (scripts/campaign_ab.sh reads it).
 
     python scripts/campaign_ab.py runs/detector_slim_r5_base runs/detector_slim_r5_aug
 """
@@ -30,7 +31,7 @@ def summarise(run: Path, metric: str, last: int) -> dict[str, Any]:
         raise SystemExit(f"{run} has {len(epochs)} complete epochs, fewer than --last {last}")
     values = [epoch[metric] for epoch in epochs]
     best = max(epochs, key=lambda epoch: epoch[metric])
-    return {"arm": run.name, "epochs": f"{logged[0]['epoch']}-{logged[-1]['epoch']}",
+    return {"arm": run.name, "run": run, "epochs": f"{logged[0]['epoch']}-{logged[-1]['epoch']}",
             "images": sum(epoch["crops"] for epoch in logged),
             "images_per_s": mean(epoch["samples_per_s"] for epoch in epochs),
             "decision": mean(values[-last:]), "mean": mean(values), "best": best[metric], "best_epoch": best["epoch"],
@@ -51,7 +52,7 @@ def main() -> None:
         print(f"| {arm['arm']} | {arm['epochs']} | {arm['images']:,} | {arm['images_per_s']:.1f} | "
               f"{arm['decision']:.4f} | {arm['mean']:.4f} / {arm['best']:.4f} (epoch {arm['best_epoch']}) | "
               f"{arm['last_loss']:.3f} |")
-    print(f"winner: {max(arms, key=lambda arm: arm['decision'])['arm']}")
+    print(f"winner: {max(arms, key=lambda arm: arm['decision'])['run']}")
 
 
 if __name__ == "__main__":

@@ -17,24 +17,7 @@ if [[ $# -ne 3 || ( $1 != pose && $1 != detector ) ]]; then
   exit 2
 fi
 kind=$1 budget=$2 out=$3
-if [[ $kind == pose ]]; then
-  config=${CONFIG:-configs/campaign_a_128x96.json}
-  resume_dir=checkpoints/efficientpose_a_coco17
-  train=(effpose train) release=scripts/release_model.py
-  note="The EfficientPose-A training campaign (scripts/campaign_run.sh; every epoch in \
-$resume_dir/campaign_metrics.jsonl) continuing the five stages of scripts/train_efficientpose_a.sh: crops_seen and \
-wall_hours include their 460,800 crops and 3.35 h; cpu_hours counts the campaign only. Recipe: $config."
-else
-  config=${CONFIG:-configs/campaign_detector.json}
-  resume_dir=checkpoints/person_detector
-  train=(effpose train-detector) release=scripts/release_detector.py
-  note="The person-detector training campaign (scripts/campaign_run.sh detector; every epoch in \
-$resume_dir/campaign_metrics.jsonl): the depth-pruned genotype configs/genotypes/detector_a_slim.json at 288x288, \
-started from the weights of the detector shipped before it (EfficientPose-A trunk at 320x320, recovered from its ONNX \
-file by scripts/detector_from_onnx.py) and distilled from that detector; samples_seen, cpu_hours and train_hours \
-count the campaign only. Recipe: $config."
-  scripts/pseudo_boxes.sh
-fi
+source scripts/campaign_kind.sh "$kind"
 mkdir -p "$out"
 if [[ -f $resume_dir/last.pt ]]; then
   start=(--resume "$resume_dir/last.pt")
@@ -47,7 +30,4 @@ else
 fi
 
 nice -n 10 "${train[@]}" --config "$config" "${start[@]}" --out-dir "$out" --stop-after "$budget"
-python scripts/campaign_finish.py --kind "$kind" --run "$out" --resume-dir "$resume_dir"
-status=0
-python "$release" --run "$out" --only-if-better --note "$note" || status=$?
-[[ $status -eq 0 || $status -eq 3 ]]  # 3: validation did not improve, the shipped model stays
+finish_run "$out"

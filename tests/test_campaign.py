@@ -4,6 +4,7 @@ the moving average, the recipe options, data packs and the GPU script (run here 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -293,4 +294,16 @@ def test_ab_comparison_decides_on_the_last_complete_epochs(tmp_path: Path) -> No
     rows = {line.split("|")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("| ")}
     assert "| 0.2000 |" in rows["steady"] and "0.2117 / 0.2300 (epoch 80)" in rows["steady"]
     assert "| 0.2100 |" in rows["late"] and "| 9,760 |" in rows["late"] and "| 80-86 |" in rows["late"]
-    assert result.stdout.strip().endswith("winner: late")
+    assert result.stdout.strip().endswith(f"winner: {late}")
+
+
+@pytest.mark.parametrize("arms", [["base"], ["base", "--"], ["base", "lr=1", "--", "base", "lr=2"],
+                                  ["--", "ttf", "a=1", "b=2"], ["base", "a=1", "b=2", "c=3"]])
+def test_ab_launcher_needs_two_differently_named_arms(arms: list[str], tmp_path: Path) -> None:
+    """scripts/campaign_ab.sh refuses an A/B it cannot run before it starts anything (CONFIG points nowhere, so
+    should the check ever pass, the arms fail at once and nothing is finished)."""
+    result = subprocess.run(["bash", "scripts/campaign_ab.sh", "detector", "1m", str(tmp_path / "ab"), *arms],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CONFIG": str(tmp_path / "missing.json")})
+    assert result.returncode == 2 and "usage" in result.stderr
+    assert not list(tmp_path.iterdir())
