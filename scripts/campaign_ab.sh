@@ -6,7 +6,7 @@
 # validation improved, as scripts/campaign_run.sh does for a single run. The other arm's images are the cost of
 # the experiment. Commit checkpoints/, docs/results.md and effpose/assets/ afterwards.
 #   nohup scripts/campaign_ab.sh detector 140m runs/detector_slim_r6 base -- ttf regression_cells=gaussian \
-#     giou_weight=2 > runs/detector_slim_r6.log 2>&1 &
+#     giou_weight=2 distill_regression=false > runs/detector_slim_r6.log 2>&1 &
 # writes runs/detector_slim_r6_base/ and runs/detector_slim_r6_ttf/ (each with a .log beside it) and prints the
 # A/B table.
 set -euo pipefail

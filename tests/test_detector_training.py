@@ -147,6 +147,10 @@ def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None
         stepped = output.detach() - 1e-2 * output.grad
         moved = (stepped - target).abs().sum() < (output.detach() - target).abs().sum()
         assert moved, "the gradient should point towards the teacher"
+    heatmap_only = DetectorOutput(*(torch.zeros_like(t).requires_grad_() for t in teacher))
+    distillation_loss(heatmap_only, teacher, regression=False).backward()
+    assert heatmap_only.heatmap.grad.abs().sum() > 0
+    assert heatmap_only.size.grad is None and heatmap_only.offset.grad is None
 
 def test_plain_canvas_is_the_inference_letterbox(tmp_path: Path) -> None:
     import cv2

@@ -81,6 +81,7 @@ class DetectorConfig(LoopConfig):
     regression_cells: Literal["centre", "gaussian"] = "centre"
     distill_checkpoint: str = ""  # a trained detector whose outputs the model also learns (dense distillation)
     distill_weight: float = 1.0
+    distill_regression: bool = True  # also distil size and offset (False: the centre heatmap only)
     augment: DetectionAugment = field(default_factory=DetectionAugment)
     # the loop's defaults for the detector (the others are the pose model's; see LoopConfig)
     epochs: int = 30

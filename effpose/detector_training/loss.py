@@ -88,16 +88,20 @@ class CenterNetLoss(nn.Module):
         return {"loss": sum(self.weights[name] * value for name, value in parts.items()), **parts}
 
 
-def distillation_loss(student: DetectorOutput, teacher: DetectorOutput) -> Tensor:
+def distillation_loss(student: DetectorOutput, teacher: DetectorOutput, regression: bool = True) -> Tensor:
     """Dense distillation from a trained detector (e.g. the full network a depth-pruned one was cut from).
 
     Centre heatmap: binary cross-entropy of the student's logits against the teacher's probabilities in every cell,
     summed and divided by the teacher's total probability mass (about the number of persons, as the focal loss
     divides by its positives). Size and offset: L1 weighted by the teacher's centre probability, so the student copies
-    the regressions where the teacher sees a person. Zero gradient when the student computes what the teacher does.
+    the regressions where the teacher sees a person; ``regression=False`` leaves them out (with Gaussian regression
+    cells the student learns its off-centre regressions from the boxes, which a centre-trained teacher never did).
+    Zero gradient when the student computes what the teacher does.
     """
     target = torch.sigmoid(teacher.heatmap.float())
     heatmap = F.binary_cross_entropy_with_logits(student.heatmap.float(), target, reduction="sum")
     heatmap = (heatmap - F.binary_cross_entropy(target, target, reduction="sum")) / target.sum().clamp(min=1.0)
+    if not regression:
+        return heatmap
     return (heatmap + masked_l1(student.size.float(), teacher.size.float(), target)
             + masked_l1(student.offset.float(), teacher.offset.float(), target))

@@ -110,7 +110,7 @@ class DetectorTrainer(TrainingLoop):
             return losses
         with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             taught = self.teacher(self.input_images(batch))
-        distill = distillation_loss(output, taught)
+        distill = distillation_loss(output, taught, self.config.distill_regression)
         return {**losses, "loss": losses["loss"] + self.config.distill_weight * distill, "distill": distill}
 
     def validate(self) -> dict[str, float]:
