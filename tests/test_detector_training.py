@@ -246,6 +246,38 @@ def test_box_sources_gt_teacher_merged(tiny_detection_data: dict[str, Path]) -> 
         DetectionSource(name="bad", boxes="teacher", **paths).check()
 
 
+def test_box_size_report_compares_training_canvases_with_val(tiny_detection_data: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """scripts/detector_box_sizes.py on one image that is both the training and the val set: the plain letterbox
+    gives val's heights, a fixed half scale halves them, and the table shows both."""
+    full = json.loads(tiny_detection_data["annotations"].read_text())
+    one = {**full, "images": full["images"][:1],
+           "annotations": [a for a in full["annotations"] if a["image_id"] == full["images"][0]["id"]]}
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    source = {"name": "one", "annotations": str(tmp_path / "one.json"), "images": str(tiny_detection_data["images"])}
+    still = {"flip_prob": 0.0, "mosaic_prob": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+    config = {"input_size": 288, "train": [source], "val": [source], "augment": {**still, "scale_range": [1, 1]}}
+    (tmp_path / "det.json").write_text(json.dumps(config))
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import detector_box_sizes as report
+    finally:
+        sys.path.pop(0)
+    plain = DetectorConfig.from_dict(config)
+    val, images = report.val_heights(plain)
+    assert images == 1 and len(val) == len(one["annotations"])
+    np.testing.assert_allclose(np.sort(report.train_heights(plain, 3, seed=0)), np.sort(np.tile(val, 3)), atol=0.02)
+    half = DetectorConfig.from_dict({**config, "augment": {**still, "scale_range": [0.5, 0.5]}})
+    np.testing.assert_allclose(np.sort(report.train_heights(half, 2, seed=0)), np.sort(np.tile(val, 2)) / 2,
+                               atol=0.02)
+    assert sum(report.shares(val)) == pytest.approx(1.0, abs=0.002)
+    printed = subprocess.run([sys.executable, "scripts/detector_box_sizes.py", "--config", str(tmp_path / "det.json"),
+                              "--canvases", "4"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    rows = [line.split(" | ")[1:-1] for line in printed.stdout.splitlines() if line.startswith(("| val", "| train"))]
+    assert len(rows) == 2 and rows[0] == rows[1]  # the plain letterbox of the val image itself
+
+
 def test_detector_pack_gives_what_the_image_files_give(tiny_detection_data: dict[str, Path], tmp_path: Path) -> None:
     """A packed image, shrunk to the input's side, letterboxes to the canvas and boxes of its original file."""
     paths = {"annotations": str(tiny_detection_data["annotations"]), "images": str(tiny_detection_data["images"])}
