@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from effpose.data.coco import read_coco_json
+from effpose.detector_training.augment import letterbox_placement
 from effpose.detector_training.config import DetectorConfig
 from effpose.detector_training.data import DetectionDataset, load_source
 from effpose.evaluation.detection import person_boxes
@@ -32,15 +33,16 @@ def shares(heights: np.ndarray) -> list[float]:
 
 
 def val_heights(config: DetectorConfig) -> tuple[np.ndarray, int]:
-    """Canvas heights of every val person (letterbox scale of its image) and the number of val images."""
+    """Canvas heights of every val person (the inference letterbox of its image) and the number of val images."""
     heights, images = [], 0
     for source in config.val:
         annotations, _ = source.paths()
         gt = read_coco_json(annotations)
-        long_side = {image["id"]: max(image["width"], image["height"]) for image in gt["images"]}
+        scale = {image["id"]: letterbox_placement((image["width"], image["height"]), config.input_size).scale[1]
+                 for image in gt["images"]}
         images += len(gt["images"])
         for image_id, boxes in person_boxes(gt).items():
-            heights.append((boxes[:, 3] - boxes[:, 1]) * config.input_size / long_side[image_id])
+            heights.append((boxes[:, 3] - boxes[:, 1]) * scale[image_id])
     return np.concatenate(heights), images
 
 

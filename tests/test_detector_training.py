@@ -389,8 +389,10 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"regression_cells": "gaussian", "giou_weight": 1.5,
+                                          "distill_regression": False}])
 def test_a_pruned_detector_trains_against_its_full_teacher(
-    tiny_detection_data: dict[str, Path], tmp_path: Path
+    tiny_detection_data: dict[str, Path], tmp_path: Path, options: dict
 ) -> None:
     from effpose.model import save_checkpoint
 
@@ -402,7 +404,8 @@ def test_a_pruned_detector_trains_against_its_full_teacher(
               "images": str(tiny_detection_data["images"])}
     config = {"arch": str(tmp_path / "slim.json"), "input_size": 128, "init_checkpoint": str(tmp_path / "teacher.pt"),
               "distill_checkpoint": str(tmp_path / "teacher.pt"), "distill_weight": 2.0, "train": [source],
-              "epochs": 2, "samples_per_epoch": 8, "batch_size": 4, "workers": 0, "out_dir": str(tmp_path / "run")}
+              "epochs": 2, "samples_per_epoch": 8, "batch_size": 4, "workers": 0, "out_dir": str(tmp_path / "run"),
+              **options}
     (tmp_path / "det.json").write_text(json.dumps(config))
     trained = subprocess.run([EFFPOSE, "train-detector", "--config", str(tmp_path / "det.json")],
                              check=False, capture_output=True, text=True, timeout=600)
@@ -411,7 +414,9 @@ def test_a_pruned_detector_trains_against_its_full_teacher(
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for record in history:
         parts = record["loss_heatmap"] + record["loss_size"] + record["loss_offset"] + 2.0 * record["loss_distill"]
+        parts += options.get("giou_weight", 0.0) * record.get("loss_giou", 0.0)
         assert record["loss_distill"] > 0 and record["loss"] == pytest.approx(parts, rel=1e-4)
+        assert ("loss_giou" in record) == ("giou_weight" in options)
 
 @pytest.mark.slow
 def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
