@@ -31,7 +31,13 @@ from effpose.detector_training.data import (
     merge_boxes,
 )
 from effpose.detector_training.export import check_detector_parity, export_detector
-from effpose.detector_training.loss import CenterNetLoss, distillation_loss, focal_loss, giou_loss
+from effpose.detector_training.loss import (
+    CenterNetLoss,
+    distillation_loss,
+    focal_loss,
+    giou_loss,
+    teacher_targets,
+)
 from effpose.detector_training.model import (
     DetectorOutput,
     build_centernet,
@@ -40,6 +46,7 @@ from effpose.detector_training.model import (
 )
 from effpose.detector_training.pack import load_detector_pack, write_detector_pack
 from effpose.detector_training.targets import MIN_REGRESSION_WEIGHT, encode_targets
+from effpose.detector_training.teacher import OnnxTeacher
 from effpose.detectors import OnnxDetector
 from effpose.detectors.onnx_detector import preprocess
 
@@ -90,6 +97,22 @@ def test_gaussian_regression_cells_decode_their_box_around_each_centre() -> None
         encode_targets(boxes, canvas=128, regression_cells="everywhere")
 
 
+@pytest.mark.parametrize("cells", ["centre", "gaussian"])
+def test_soft_targets_scale_each_box_by_its_score(cells: str) -> None:
+    boxes = np.array([[10.0, 20.0, 70.0, 126.0], [90.0, 8.0, 124.0, 60.0]])
+    hard = [encode_targets(box[None], canvas=128, regression_cells=cells) for box in boxes]
+    soft = encode_targets(boxes, canvas=128, regression_cells=cells, scores=np.array([0.8, 0.3]))
+    np.testing.assert_allclose(soft["heatmap"], np.maximum(0.8 * hard[0]["heatmap"], 0.3 * hard[1]["heatmap"]),
+                               rtol=1e-6)
+    for target, score in zip(hard, (0.8, 0.3)):
+        cells_of_box = target["mask"] > 0
+        np.testing.assert_allclose(soft["mask"][cells_of_box], score * target["mask"][cells_of_box], rtol=1e-6)
+        np.testing.assert_array_equal(soft["size"][:, cells_of_box[0]], target["size"][:, cells_of_box[0]])
+    assert not np.any(soft["heatmap"] == 1)  # no hard positives for the focal loss
+    with pytest.raises(ValueError, match="scores"):
+        encode_targets(boxes, canvas=128, scores=np.ones(3))
+
+
 def test_decoded_boxes_are_clipped_to_the_input() -> None:
     targets = encode_targets(np.array([[40.0, 40.0, 56.0, 56.0]]), canvas=64)
     output = perfect_output(targets)
@@ -138,9 +161,9 @@ def test_giou_loss_scores_the_decoded_boxes_of_the_regression_cells() -> None:
 def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None:
     torch.manual_seed(0)
     teacher = DetectorOutput(torch.randn(2, 1, 16, 16) * 3, torch.randn(2, 2, 16, 16), torch.rand(2, 2, 16, 16))
-    assert distillation_loss(teacher, teacher) == pytest.approx(0.0, abs=1e-4)
+    assert distillation_loss(teacher, teacher_targets(teacher)) == pytest.approx(0.0, abs=1e-4)
     student = DetectorOutput(*(torch.zeros_like(t).requires_grad_() for t in teacher))
-    loss = distillation_loss(student, teacher)
+    loss = distillation_loss(student, teacher_targets(teacher))
     assert loss > 0.1
     loss.backward()
     for output, target in zip(student, teacher):  # one small step along -grad moves every output towards the teacher
@@ -148,7 +171,7 @@ def test_distillation_loss_is_zero_at_the_teacher_and_pulls_towards_it() -> None
         moved = (stepped - target).abs().sum() < (output.detach() - target).abs().sum()
         assert moved, "the gradient should point towards the teacher"
     heatmap_only = DetectorOutput(*(torch.zeros_like(t).requires_grad_() for t in teacher))
-    distillation_loss(heatmap_only, teacher, regression=False).backward()
+    distillation_loss(heatmap_only, teacher_targets(teacher), regression=False).backward()
     assert heatmap_only.heatmap.grad.abs().sum() > 0
     assert heatmap_only.size.grad is None and heatmap_only.offset.grad is None
 
@@ -172,6 +195,30 @@ def test_plain_canvas_is_the_inference_letterbox(tmp_path: Path) -> None:
     dense = DetectionDataset([ImageBoxes(tmp_path / "a.png", 1, box, "test")], input_size=96,
                              regression_cells="gaussian")[0]
     assert dense["mask"][0, cell[1], cell[0]] == 1 and dense["mask"].sum() > 1
+
+
+def test_onnx_teacher_labels_the_people_of_a_real_canvas(data_dir: Path) -> None:
+    """YOLOX-nano as the teacher: on the plain canvas of a COCO val photo its soft heatmap peaks near every tall
+    annotated person's centre cell, below 1; the teacher pickles (for data-loader workers) and reopens its session."""
+    import pickle
+
+    source = DetectionSource(annotations="coco/annotations/person_keypoints_val.json", images="coco/images",
+                             name="val")
+    records = [r for r in load_source(source) if len(r.boxes) >= 2][:1]
+    teacher = OnnxTeacher(data_dir / "models/yolox_nano/yolox_nano.onnx", min_score=0.1)
+    dataset = DetectionDataset(records, 288, teacher=teacher)
+    item, (_, boxes) = dataset[0], dataset.canvas(0)
+    heat = item["teacher_heatmap"][0].numpy()
+    assert 0.3 < heat.max() < 1.0 and item["teacher_mask"].sum() > 0
+    tall = boxes[boxes[:, 3] - boxes[:, 1] >= 64]
+    assert len(tall) >= 1
+    for box in tall:
+        col, row = ((box[:2] + box[2:]) / 2 / 4).astype(int)
+        assert heat[max(row - 2, 0):row + 3, max(col - 2, 0):col + 3].max() > 0.3, box
+    clone = pickle.loads(pickle.dumps(teacher))
+    np.testing.assert_allclose(clone.targets(dataset.canvas(0)[0])["teacher_heatmap"], item["teacher_heatmap"].numpy())
+    with pytest.raises(ValueError, match="min_score"):
+        OnnxTeacher(data_dir / "models/yolox_nano/yolox_nano.onnx", min_score=0.0)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -390,10 +437,14 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"regression_cells": "gaussian", "giou_weight": 1.5,
-                                          "distill_regression": False}])
+                                          "distill_regression": False},
+                                     {"distill_checkpoint": "", "workers": 1,
+                                      "distill_detector": "models/yolox_nano/yolox_nano.onnx"}])
 def test_a_pruned_detector_trains_against_its_full_teacher(
     tiny_detection_data: dict[str, Path], tmp_path: Path, options: dict
 ) -> None:
+    """A depth-pruned detector trains against its full network's outputs, or against YOLOX-nano's boxes on each
+    canvas (computed in a data-loader worker); the logged loss is the weighted sum of its parts."""
     from effpose.model import save_checkpoint
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from effpose.data.sources import DataSource
+from effpose.data.sources import DataSource, data_root
 from effpose.detector_training.augment import DetectionAugment
 from effpose.detector_training.targets import REGRESSION_CELLS
 from effpose.training.config import LoopConfig
@@ -80,6 +80,10 @@ class DetectorConfig(LoopConfig):
     # cells whose size and offset are learnt: each box's centre cell (CenterNet) or its centre Gaussian (TTFNet)
     regression_cells: Literal["centre", "gaussian"] = "centre"
     distill_checkpoint: str = ""  # a trained detector whose outputs the model also learns (dense distillation)
+    # or a detector in ONNX (shared data, e.g. models/yolox_nano/yolox_nano.onnx) whose boxes on each training
+    # canvas, from distill_min_score up, the model learns as soft targets (effpose.detector_training.teacher)
+    distill_detector: str = ""
+    distill_min_score: float = 0.1
     distill_weight: float = 1.0
     distill_regression: bool = True  # also distil size and offset (False: the centre heatmap only)
     augment: DetectionAugment = field(default_factory=DetectionAugment)
@@ -109,6 +113,10 @@ class DetectorConfig(LoopConfig):
         data["augment"] = DetectionAugment(**augment)
         return cls(**data)
 
+    def distill_detector_path(self) -> Path:
+        """The ONNX distillation teacher (shared data: relative paths are relative to the data root)."""
+        return data_root() / self.distill_detector
+
     def validate(self) -> None:
         """Fail early with a clear message on settings that cannot work."""
         if not self.train:
@@ -126,6 +134,12 @@ class DetectorConfig(LoopConfig):
             raise ValueError(f"input size {self.input_size} must be a positive multiple of 32")
         if self.distill_checkpoint and not Path(self.distill_checkpoint).is_file():
             raise FileNotFoundError(f"distill_checkpoint {self.distill_checkpoint} not found")
+        if self.distill_checkpoint and self.distill_detector:
+            raise ValueError("distill from one teacher: set distill_checkpoint or distill_detector, not both")
+        if self.distill_detector and not self.distill_detector_path().is_file():
+            raise FileNotFoundError(f"distill_detector {self.distill_detector_path()} not found (set EFFPOSE_DATA?)")
+        if not 0.0 < self.distill_min_score < 1.0:
+            raise ValueError(f"distill_min_score must lie in (0, 1), got {self.distill_min_score}")
         if self.regression_cells not in REGRESSION_CELLS:
             raise ValueError(f"regression_cells must be one of {REGRESSION_CELLS}, got {self.regression_cells!r}")
         if min(self.heatmap_weight, self.size_weight, self.offset_weight, self.giou_weight) < 0:

@@ -30,6 +30,7 @@ from effpose.detector_training.augment import (
 )
 from effpose.detector_training.config import DetectionSource
 from effpose.detector_training.targets import STRIDE, encode_targets
+from effpose.detector_training.teacher import OnnxTeacher
 from effpose.processing.boxes import box_iou
 
 
@@ -117,13 +118,15 @@ class DetectionDataset(Dataset):
     placements (and, with ``mosaic_prob``, three more images of this dataset) from a numpy generator seeded from
     ``torch.initial_seed()``, so every DataLoader worker has its own stream; otherwise items are the plain letterbox.
     ``read`` gives a record's BGR image: from its file, or from a data pack
-    (:class:`~effpose.data.pack.PackedImages`). ``regression_cells`` is passed to ``encode_targets``.
+    (:class:`~effpose.data.pack.PackedImages`). ``regression_cells`` is passed to ``encode_targets``. With a
+    ``teacher`` (:class:`~effpose.detector_training.teacher.OnnxTeacher`) an item also holds its soft targets for the
+    same canvas (``"teacher_heatmap"``, ``"teacher_size"``, ``"teacher_offset"``, ``"teacher_mask"``).
     """
 
     def __init__(self, records: Sequence[ImageBoxes], input_size: int = 320,
                  augment: DetectionAugment | None = None,
                  read: Callable[[ImageBoxes], np.ndarray] = read_boxes_image,
-                 regression_cells: str = "centre") -> None:
+                 regression_cells: str = "centre", teacher: OnnxTeacher | None = None) -> None:
         if input_size % 32:
             raise ValueError(f"input size {input_size} must be a multiple of 32")
         self.records = list(records)
@@ -131,6 +134,7 @@ class DetectionDataset(Dataset):
         self.augment = augment if augment is not None else DetectionAugment.none()
         self.read = read
         self.regression_cells = regression_cells
+        self.teacher = teacher
         self._rng: tuple[int, np.random.Generator] | None = None
 
     def __len__(self) -> int:
@@ -139,6 +143,8 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, boxes = self.canvas(index, self._generator() if self.augment.enabled else None)
         targets = encode_targets(boxes, self.input_size, STRIDE, self.regression_cells)
+        if self.teacher is not None:
+            targets.update(self.teacher.targets(image))
         rgb = np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1)) / np.float32(255.0)
         return {"image": torch.from_numpy(rgb), **{name: torch.from_numpy(value) for name, value in targets.items()}}
 

@@ -88,20 +88,31 @@ class CenterNetLoss(nn.Module):
         return {"loss": sum(self.weights[name] * value for name, value in parts.items()), **parts}
 
 
-def distillation_loss(student: DetectorOutput, teacher: DetectorOutput, regression: bool = True) -> Tensor:
-    """Dense distillation from a trained detector (e.g. the full network a depth-pruned one was cut from).
+def teacher_targets(teacher: DetectorOutput) -> dict[str, Tensor]:
+    """A trained detector's outputs as distillation targets: its centre probabilities (which also weight its
+    regressions) and its size and offset maps."""
+    probability = torch.sigmoid(teacher.heatmap.float())
+    return {"heatmap": probability, "size": teacher.size.float(), "offset": teacher.offset.float(),
+            "mask": probability}
+
+
+def distillation_loss(student: DetectorOutput, teacher: dict[str, Tensor], regression: bool = True) -> Tensor:
+    """Dense distillation from a teacher's maps: :func:`teacher_targets` of a trained detector (e.g. the full network
+    a depth-pruned one was cut from), or the soft targets of an ONNX detector's boxes
+    (:class:`~effpose.detector_training.teacher.OnnxTeacher`).
 
     Centre heatmap: binary cross-entropy of the student's logits against the teacher's probabilities in every cell,
     summed and divided by the teacher's total probability mass (about the number of persons, as the focal loss
-    divides by its positives). Size and offset: L1 weighted by the teacher's centre probability, so the student copies
-    the regressions where the teacher sees a person; ``regression=False`` leaves them out (with Gaussian regression
-    cells the student learns its off-centre regressions from the boxes, which a centre-trained teacher never did).
-    Zero gradient when the student computes what the teacher does.
+    divides by its positives). Size and offset: L1 weighted by the teacher's ``mask`` (its centre probability, or its
+    boxes' regression weights), so the student copies the regressions where the teacher sees a person;
+    ``regression=False`` leaves them out (with Gaussian regression cells the student learns its off-centre
+    regressions from the boxes, which a centre-trained teacher never did). Zero gradient when the student computes
+    what the teacher does.
     """
-    target = torch.sigmoid(teacher.heatmap.float())
+    target = teacher["heatmap"]
     heatmap = F.binary_cross_entropy_with_logits(student.heatmap.float(), target, reduction="sum")
     heatmap = (heatmap - F.binary_cross_entropy(target, target, reduction="sum")) / target.sum().clamp(min=1.0)
     if not regression:
         return heatmap
-    return (heatmap + masked_l1(student.size.float(), teacher.size.float(), target)
-            + masked_l1(student.offset.float(), teacher.offset.float(), target))
+    return (heatmap + masked_l1(student.size.float(), teacher["size"], teacher["mask"])
+            + masked_l1(student.offset.float(), teacher["offset"], teacher["mask"]))

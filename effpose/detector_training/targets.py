@@ -13,6 +13,9 @@ Regression cells: CenterNet learns size and offset only at the centre cell (``"c
 off the centre), weighted by the Gaussian's value there; a cell two boxes' Gaussians share belongs to the higher one
 (the smaller box on ties). A peak that lands next to the centre then still decodes the right box, and each person
 gives the regression heads many samples instead of one.
+
+Soft targets (a teacher's detections, ``scores``): each box's Gaussian peaks at its score instead of 1 and its
+regression weights are scaled by the score, so an uncertain detection teaches less than a sure one.
 """
 
 from __future__ import annotations
@@ -43,14 +46,15 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> fl
     return min(r1, r2, r3)
 
 
-def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE,
-                   regression_cells: str = "centre") -> dict[str, np.ndarray]:
+def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE, regression_cells: str = "centre",
+                   scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Targets of (M, 4) xyxy boxes on an S x S canvas, as float32 maps of the (S / stride)^2 grid.
 
     ``heatmap`` (1, h, w), ``size`` (2, h, w) log(w / stride), log(h / stride), ``offset`` (2, h, w) and ``mask``
     (1, h, w): the regression weight of each cell, 1 at box centres, 0 where no box is regressed (``"gaussian"``
     ``regression_cells``: the Gaussian's value around each centre, see the module docstring). Larger boxes are
-    written first, so where two centres share a cell the smaller box owns its size and offset.
+    written first, so where two centres share a cell the smaller box owns its size and offset. With ``scores`` (M,)
+    in (0, 1] each box's heatmap and regression weights are scaled by its score (soft targets).
     """
     if regression_cells not in REGRESSION_CELLS:
         raise ValueError(f"regression_cells must be one of {REGRESSION_CELLS}, got {regression_cells!r}")
@@ -60,6 +64,9 @@ def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE,
     offset = np.zeros((2, grid, grid), np.float32)
     mask = np.zeros((1, grid, grid), np.float32)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / stride
+    scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
+    if len(scores) != len(boxes):
+        raise ValueError(f"{len(scores)} scores for {len(boxes)} boxes")
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     for index in np.argsort(-(widths * heights), kind="stable"):
         width, height = widths[index], heights[index]
@@ -68,13 +75,13 @@ def encode_targets(boxes: np.ndarray, canvas: int, stride: int = STRIDE,
         centre = (boxes[index, :2] + boxes[index, 2:]) / 2
         cell = np.clip(np.floor(centre), 0, grid - 1).astype(np.int64)
         sigma = (2 * max(0, int(gaussian_radius(height, width))) + 1) / 6
-        gaussian = gaussian_heatmaps(cell[None].astype(np.float32), (grid, grid), sigma)[0]
+        gaussian = gaussian_heatmaps(cell[None].astype(np.float32), (grid, grid), sigma)[0] * scores[index]
         np.maximum(heatmap[0], gaussian, out=heatmap[0])
         if regression_cells == "gaussian":
-            rows, cols = np.nonzero((gaussian >= MIN_REGRESSION_WEIGHT) & (gaussian >= mask[0]))
+            rows, cols = np.nonzero((gaussian >= MIN_REGRESSION_WEIGHT * scores[index]) & (gaussian >= mask[0]))
             weights = gaussian[rows, cols]
         else:
-            rows, cols, weights = cell[1:], cell[:1], np.ones(1, np.float32)
+            rows, cols, weights = cell[1:], cell[:1], scores[index : index + 1]
         size[:, rows, cols] = np.log([[width], [height]])
         offset[0, rows, cols] = centre[0] - cols
         offset[1, rows, cols] = centre[1] - rows

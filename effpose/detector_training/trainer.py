@@ -20,9 +20,10 @@ from effpose.data.dataset import MixedSampler
 from effpose.detector_training.config import DetectorConfig
 from effpose.detector_training.data import DetectionDataset, ImageBoxes, load_source, read_boxes_image
 from effpose.detector_training.export import export_detector
-from effpose.detector_training.loss import CenterNetLoss, distillation_loss
+from effpose.detector_training.loss import CenterNetLoss, distillation_loss, teacher_targets
 from effpose.detector_training.model import CenterNetDetector, DetectorOutput, build_centernet, load_detector
 from effpose.detector_training.pack import load_detector_pack
+from effpose.detector_training.teacher import OnnxTeacher
 from effpose.training.trainer import Environment, TrainingLoop, initialise, log, mixed_sampler, run_loop
 
 VAL_METRICS: tuple[str, ...] = ("AP", "AP50", "AR")
@@ -90,26 +91,37 @@ class DetectorTrainer(TrainingLoop):
     def build_loader(self) -> tuple[DataLoader, MixedSampler]:
         """Every training source's images, mixed by their ratios."""
         sources, read = load_train_images(self.config)
+        teacher = None
+        if self.config.distill_detector:
+            teacher = OnnxTeacher(self.config.distill_detector_path(), self.config.distill_min_score,
+                                  self.config.regression_cells)
+            log.info("distilling from %s's boxes (score >= %g, weight %g)", self.config.distill_detector,
+                     self.config.distill_min_score, self.config.distill_weight)
         datasets = []
         for source, records in zip(self.config.train, sources):
             if not records:
                 raise ValueError(f"source {source.name!r} has no image with a person box")
             log.info("source %s: %d images, %d boxes", source.name, len(records), sum(len(r.boxes) for r in records))
             datasets.append(DetectionDataset(records, self.config.input_size, self.config.augment, read,
-                                             self.config.regression_cells))
+                                             self.config.regression_cells, teacher))
         data = ConcatDataset(datasets)
         sampler = mixed_sampler(data, [s.ratio for s in self.config.train], self.config, self.env)
         return self.make_loader(data, sampler), sampler
 
     def compute_loss(self, output: DetectorOutput, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Focal heatmap loss + L1 on log size and offset (+ GIoU) (see :class:`CenterNetLoss`), + distillation."""
+        """Focal heatmap loss + L1 on log size and offset (+ GIoU) (see :class:`CenterNetLoss`), + distillation
+        from the checkpoint teacher's outputs or the ONNX teacher's soft targets in the batch."""
         targets = {name: batch[name].to(self.env.device, non_blocking=True)
                    for name in ("heatmap", "size", "offset", "mask")}
         losses = self.criterion(output, targets)
-        if self.teacher is None:
+        if self.teacher is not None:
+            with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                taught = teacher_targets(self.teacher(self.input_images(batch)))
+        elif "teacher_heatmap" in batch:
+            taught = {name: batch[f"teacher_{name}"].to(self.env.device, non_blocking=True)
+                      for name in ("heatmap", "size", "offset", "mask")}
+        else:
             return losses
-        with torch.no_grad(), torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            taught = self.teacher(self.input_images(batch))
         distill = distillation_loss(output, taught, self.config.distill_regression)
         return {**losses, "loss": losses["loss"] + self.config.distill_weight * distill, "distill": distill}
 
