@@ -18,7 +18,8 @@ elif [[ $1 == detector ]]; then
   note="The person-detector training campaign (scripts/campaign_run.sh detector; every epoch in \
 $resume_dir/campaign_metrics.jsonl): the depth-pruned genotype configs/genotypes/detector_a_slim.json at 288x288, \
 started from the weights of the detector shipped before it (EfficientPose-A trunk at 320x320, recovered from its ONNX \
-file by scripts/detector_from_onnx.py) and distilled from that detector; samples_seen, cpu_hours and train_hours \
+file by scripts/detector_from_onnx.py), distilled from that detector until run detector_slim_r5 and since run \
+detector_slim_r6 from YOLOX-nano's boxes on each training canvas; samples_seen, cpu_hours and train_hours \
 count the campaign only. Recipe: $config."
   scripts/pseudo_boxes.sh
 else

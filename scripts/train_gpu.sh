@@ -2,7 +2,9 @@
 # One prepared GPU run of a training campaign (pose or detector): resumes the committed resume point, trains on a
 # data pack for at most 8 minutes (bfloat16 autocast, channels_last, many loader workers, large batches) and writes
 # the new resume point (last.pt) and metrics.jsonl (and, for pose, model.onnx) to OUT_DIR. The machine needs only
-# the checkout and the pack (the detector's teacher checkpoint for distillation is committed):
+# the checkout and the pack; the detector also needs its distillation teacher, YOLOX-nano (shared data): carry a copy
+# and name it, e.g. cp ../shared/data/models/yolox_nano/yolox_nano.onnx runs/pack/ and add
+# --cfg-options distill_detector=$PWD/runs/pack/yolox_nano.onnx:
 #   effpose data pack --config configs/campaign_a_128x96.json --out runs/pack/campaign_128x96.npz        # here, once
 #   effpose data pack-detector --config configs/campaign_detector.json --out runs/pack/detector_288.npz  # here, once
 #   scripts/train_gpu.sh pose|detector PACK OUT_DIR [more `effpose train` / `train-detector` flags]       # there

@@ -488,9 +488,9 @@ def test_a_detector_recovered_from_its_onnx_computes_what_the_onnx_computes(
     assert sum(not torch.allclose(m.weight, torch.ones_like(m.weight)) for m in norms) > len(norms) // 2
 
 
-def test_committed_detector_resume_point_and_teacher_fit_the_campaign_recipe() -> None:
+def test_committed_detector_resume_point_and_teacher_fit_the_campaign_recipe(data_dir: Path) -> None:
     """configs/campaign_detector.json resumes checkpoints/person_detector/last.pt: its weights and moving average
-    load into the recipe's (pruned) genotype, and the distillation teacher it names loads as a detector."""
+    load into the recipe's (pruned) genotype, and the distillation teacher it names (shared data) labels a canvas."""
     config = DetectorConfig.load(REPO_ROOT / "configs/campaign_detector.json")
     state = torch.load(REPO_ROOT / "checkpoints/person_detector/last.pt", map_location="cpu", weights_only=False)
     model = build_centernet(str(REPO_ROOT / config.arch), config.max_detections)
@@ -504,26 +504,29 @@ def test_committed_detector_resume_point_and_teacher_fit_the_campaign_recipe() -
     assert all(torch.equal(value, expected[name]) for name, value in shipped.state_dict().items())
     raw, _ = load_detector(REPO_ROOT / "checkpoints/person_detector/last.pt")
     assert not all(torch.equal(value, expected[name]) for name, value in raw.state_dict().items())
-    teacher, _ = load_detector(REPO_ROOT / config.distill_checkpoint)
-    assert sum(p.numel() for p in teacher.parameters()) > sum(p.numel() for p in model.parameters())
+    assert not config.distill_checkpoint and config.distill_detector_path().is_relative_to(data_dir)
+    teacher = OnnxTeacher(config.distill_detector_path(), config.distill_min_score)
+    assert teacher.targets(np.zeros((config.input_size, config.input_size, 3), np.float32))["teacher_mask"].sum() == 0
 
 
 @pytest.mark.slow
 def test_detector_pack_trains_through_the_gpu_script_on_a_cpu(
-    tiny_detection_data: dict[str, Path], tmp_path: Path
+    tiny_detection_data: dict[str, Path], tmp_path: Path, data_dir: Path
 ) -> None:
     """scripts/train_gpu.sh detector, unchanged but for a tiny batch and budget: resumes the committed resume point
-    (distilled from the committed teacher) from a pack alone and writes the next resume point."""
+    (distilled from YOLOX-nano, named by an absolute path) from a pack alone and writes the next resume point."""
+    teacher = data_dir / "models/yolox_nano/yolox_nano.onnx"
     paths = {"annotations": str(tiny_detection_data["annotations"]), "images": str(tiny_detection_data["images"])}
     records = load_source(DetectionSource(name="x", **paths))
     write_detector_pack({"coco_train": records[:4], "lspet_train": records[4:]}, tmp_path / "det.npz", max_side=288)
     out = tmp_path / "gpu_run"
     result = subprocess.run(["bash", "scripts/train_gpu.sh", "detector", str(tmp_path / "det.npz"), str(out),
                              "--stop-after", "5s", "--cfg-options", "batch_size=2", "samples_per_epoch=4",
-                             "workers=0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                             "workers=0", f"distill_detector={teacher}"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=600,
                             env={**os.environ, "EFFPOSE_DATA": str(tmp_path / "no_data")})  # the pack only
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "distilling from checkpoints/person_detector/teacher_a320.pt" in result.stderr
+    assert f"distilling from {teacher}'s boxes" in result.stderr
     committed = torch.load(REPO_ROOT / "checkpoints/person_detector/last.pt", weights_only=False)
     state = torch.load(out / "last.pt", weights_only=False)
     assert state["epoch"] > committed["epoch"] and state["train_config"]["pack"] == str(tmp_path / "det.npz")
