@@ -27,7 +27,7 @@ class OnnxTeacher:
             raise ValueError(f"the teacher's min_score must lie in (0, 1), got {min_score}")
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
-            raise FileNotFoundError(f"distillation detector {self.model_path} not found")
+            raise FileNotFoundError(f"distillation detector {self.model_path} not found (set EFFPOSE_DATA?)")
         self.min_score = min_score
         self.regression_cells = regression_cells
         self._detector: OnnxDetector | None = None
