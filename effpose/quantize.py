@@ -3,10 +3,11 @@
 Calibration data is prepared by the library's own inference code, so the quantizer sees exactly what the runtime
 feeds the network: person crops cut by :meth:`effpose.runtime.PoseEstimator.prepare` around annotated boxes, or
 whole images letterboxed by :func:`effpose.detectors.onnx_detector.preprocess`. Weights are quantized per output
-channel (int8, symmetric), activations per tensor (uint8 by default) with ranges from an entropy, percentile or
-min-max calibration. The model is first put through ONNX Runtime's quantization pre-processing (shape inference,
-BatchNorm folded into the convolutions) and then cross-layer equalization (:func:`equalize_cross_layer`, exact in
-float: it rescales channels between a convolution and the next so that per-tensor activation ranges fit them all).
+channel (int8, symmetric, in the 7-bit range -64..64 by default: see :func:`quantize_model`), activations per
+tensor (uint8 by default) with ranges from an entropy, percentile or min-max calibration. The model is first put
+through ONNX Runtime's quantization pre-processing (shape inference, BatchNorm folded into the convolutions) and
+then cross-layer equalization (:func:`equalize_cross_layer`, exact in float: it rescales channels between a
+convolution and the next so that per-tensor activation ranges fit them all).
 
 Only the network trunk is quantized: the Conv / ConvTranspose / Add / Relu nodes that come before any other op
 reading their results (:func:`trunk_nodes`; an input normalisation before them stays float32 too). Nodes after
@@ -77,6 +78,7 @@ class QuantizationReport:
     kind: str
     method: str
     activation_type: str
+    reduce_range: bool
     equalized_pairs: int
     calibration_annotations: str
     calibration_samples: int
@@ -312,6 +314,7 @@ def quantize_model(
     keep_output_layers_fp32: bool = True,
     activation_type: str = "uint8",
     equalize: bool = True,
+    reduce_range: bool = True,
 ) -> QuantizationReport:
     """Quantize a pose model or person detector ``model`` to ``out`` (int8 QDQ), calibrated on ``count``
     samples of a COCO-format set (``annotations`` + ``images``).
@@ -319,7 +322,11 @@ def quantize_model(
     The kind is read from the metadata. ``exclude`` names more nodes to keep float32 (names as in the
     pre-processed graph, listed in the report); ``keep_output_layers_fp32`` keeps the output layers float32
     (see the module docstring); ``activation_type`` is a key of :data:`ACTIVATION_TYPES`; ``equalize`` applies
-    :func:`equalize_cross_layer` first. Returns the report, also stored in the model's metadata.
+    :func:`equalize_cross_layer` first. ``reduce_range`` quantizes the weights to 7 bits: on x86 CPUs without VNNI
+    (AVX2, AVX-512F) ONNX Runtime's U8S8 kernels add pairs of uint8 x int8 products in int16 (VPMADDUBSW), which
+    saturates with full-range weights (2 x 255 x 127 > 32767); 7-bit weights cannot (2 x 255 x 64 < 32767). On an
+    AVX2 CPU they keep more of the fp32 accuracy than 8-bit weights (docs/results.md, *7-bit weights*); an int8 file
+    is made once and run on CPUs of either kind. Returns the report, also stored in the model's metadata.
     """
     model, out, annotations, images = Path(model), Path(out), Path(annotations), Path(images)
     if method not in METHODS:
@@ -346,12 +353,12 @@ def quantize_model(
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
             nodes_to_quantize=[node.name for node in trunk], nodes_to_exclude=excluded,
-            calibrate_method=METHODS[method],
+            calibrate_method=METHODS[method], reduce_range=reduce_range,
             extra_options={"CalibStridedMinMax": calibration_stride(len(samples))},  # strided: all methods
         )
     report = QuantizationReport(
         model=str(model), out=str(out), kind=kind, method=method, activation_type=activation_type,
-        equalized_pairs=pairs, calibration_annotations=str(annotations),
+        reduce_range=reduce_range, equalized_pairs=pairs, calibration_annotations=str(annotations),
         calibration_samples=len(samples), excluded_nodes=excluded,
         quantized_op_types=sorted({node.op_type for node in trunk}),
         fp32_mb=round(model.stat().st_size / 1e6, 3),

@@ -86,7 +86,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = quantize_model(args.model, args.out, args.calibration_annotations, args.calibration_images,
                             method=args.method, count=args.crops, exclude=args.exclude,
                             keep_output_layers_fp32=not args.quantize_output_layers,
-                            activation_type=args.activation_type, equalize=not args.no_equalize)
+                            activation_type=args.activation_type, equalize=not args.no_equalize,
+                            reduce_range=not args.full_range_weights)
     print(json.dumps(report.to_json(), indent=2))
     return 0
 
@@ -137,6 +138,9 @@ def add_parsers(subparsers: Any) -> None:
                           help="calibration samples: person crops, or images for a detector (default 300)")
     quantize.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                           help="activation type (default uint8: U8S8, the fast kernels on AVX2)")
+    quantize.add_argument("--full-range-weights", action="store_true",
+                          help="8-bit weights instead of the default 7-bit ones: only for CPUs with VNNI (on AVX2 "
+                               "without it, full-range weights saturate ONNX Runtime's U8S8 kernels)")
     quantize.add_argument("--exclude", nargs="+", default=[], metavar="NODE",
                           help="more node names to keep float32 (as listed in the report)")
     quantize.add_argument("--no-equalize", action="store_true",
