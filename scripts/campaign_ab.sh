@@ -31,6 +31,10 @@ if [[ ! -f $resume_dir/last.pt ]]; then
   exit 2
 fi
 
+arm_options() {  # NAME [KEY=VALUE ...]: the arm's --cfg-options, as the card states them
+  if [[ $# -gt 1 ]]; then echo "${*:2}"; else echo "none, the recipe"; fi
+}
+
 start_arm() {  # NAME [KEY=VALUE ...]: one arm in the background
   local name=$1
   shift
@@ -52,5 +56,8 @@ if [[ $status -ne 0 ]]; then
 fi
 python scripts/campaign_ab.py "${prefix}_${arm_a[0]}" "${prefix}_${arm_b[0]}" | tee "${prefix}_ab.md"
 winner=$(sed -n 's/^winner: //p' "${prefix}_ab.md")
-note="$note A/B arm ${winner##*/} (scripts/campaign_ab.sh; options: ${arm_a[*]:1} | ${arm_b[*]:1})."
+won=("${arm_a[@]}") lost=("${arm_b[@]}")
+[[ $winner == "${prefix}_${arm_b[0]}" ]] && won=("${arm_b[@]}") lost=("${arm_a[@]}")
+note="$note A/B arm ${winner##*/} (scripts/campaign_ab.sh; its options: $(arm_options "${won[@]}"); the other arm, \
+${lost[0]}: $(arm_options "${lost[@]}"))."
 finish_run "$winner"
