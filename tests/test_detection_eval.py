@@ -156,3 +156,27 @@ def test_shipped_default_finds_people_in_a_group_photo(data_dir: Path) -> None:
     detections = detector.detect(image, detector.default_threshold, 100)
     found = sum(bool((box_iou(np.array(d.box), boxes)[0] >= 0.5).any()) for d in detections)
     assert found >= 6, f"{found} of 12 people found at the default threshold {detector.default_threshold}"
+
+
+def test_box_fit_report_measures_each_persons_closest_box() -> None:
+    """scripts/detector_box_fit.py: a box twice as wide as its person, shifted by half its width, is the person's
+    closest detection; the exact boxes of the other two count at every match IoU, the wide one only at low IoUs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import detector_box_fit as fit
+    finally:
+        sys.path.pop(0)
+    gt = ground_truth()
+    detections = results_for()
+    x, y, w, h = detections[0]["bbox"]  # image 1's person: 40 x 80
+    detections[0] = {**detections[0], "bbox": [x, y, 2 * w, h]}  # IoU 0.5 with it, centre w / 2 to the right
+    rows = fit.best_matches(fit.person_boxes(gt), detections)
+    np.testing.assert_allclose(sorted(rows[:, 0]), [0.5, 1.0, 1.0])
+    wide = rows[rows[:, 0] < 1][0]
+    np.testing.assert_allclose(wide[1:], [np.log(2.0), 0.0, 0.5, 0.0], atol=1e-9)
+    assert fit.best_matches(fit.person_boxes(gt), []).shape == (0, 5)
+    small = fit.small_flags(gt, fit.person_boxes(gt), canvas=128)  # images are 128 px: heights 80 / 35 / 80
+    assert {image: flags.tolist() for image, flags in small.items()} == {1: [False], 2: [True, False]}
+    detections[0]["bbox"][2] = 2.5 * w  # IoU 0.4: found at 0.4 and below, not at 0.5
+    row = fit.report("wide", gt, detections, canvas=128)
+    assert row.startswith("| wide | 0.67 / 1.00 / 0.50 | 1.00 / 1.00 / 1.00 |"), row
