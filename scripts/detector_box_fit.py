@@ -4,7 +4,7 @@
 error of the detection that overlaps it most. Recall at IoU 0.3 far above recall at 0.5 means boxes near the person
 that do not fit it: a localisation gap, not a missed person.
 
-    python scripts/detector_box_fit.py [effpose/assets/person_detector.onnx ...] [--canvas 288]
+    python scripts/detector_box_fit.py [effpose/assets/person_detector.onnx ...] [--canvas 288] [--threads 1]
 
 ``--canvas`` sets the letterbox side at which a person counts as small (shorter than 64 canvas pixels), so that
 detectors with different inputs are split at the same persons. Detections come from

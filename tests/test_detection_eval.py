@@ -167,6 +167,7 @@ def test_box_fit_report_measures_each_persons_closest_box() -> None:
     finally:
         sys.path.pop(0)
     gt = ground_truth()
+    gt["images"][1]["width"] = 256  # image 2 is 256 x 128: its letterbox scale follows the longer side
     detections = results_for()
     x, y, w, h = detections[0]["bbox"]  # image 1's person: 40 x 80
     detections[0] = {**detections[0], "bbox": [x, y, 2 * w, h]}  # IoU 0.5 with it, centre w / 2 to the right
@@ -175,8 +176,8 @@ def test_box_fit_report_measures_each_persons_closest_box() -> None:
     wide = rows[rows[:, 0] < 1][0]
     np.testing.assert_allclose(wide[1:], [np.log(2.0), 0.0, 0.5, 0.0], atol=1e-9)
     assert fit.best_matches(fit.person_boxes(gt), []).shape == (0, 5)
-    small = fit.small_flags(gt, fit.person_boxes(gt), canvas=128)  # images are 128 px: heights 80 / 35 / 80
+    small = fit.small_flags(gt, fit.person_boxes(gt), canvas=256)  # heights on it: 160 / 35 and 80
     assert {image: flags.tolist() for image, flags in small.items()} == {1: [False], 2: [True, False]}
     detections[0]["bbox"][2] = 2.5 * w  # IoU 0.4: found at 0.4 and below, not at 0.5
-    row = fit.report("wide", gt, detections, canvas=128)
+    row = fit.report("wide", gt, detections, canvas=256)
     assert row.startswith("| wide | 0.67 / 1.00 / 0.50 | 1.00 / 1.00 / 1.00 |"), row
