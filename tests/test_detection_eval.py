@@ -181,3 +181,32 @@ def test_box_fit_report_measures_each_persons_closest_box() -> None:
     detections[0]["bbox"][2] = 2.5 * w  # IoU 0.4: found at 0.4 and below, not at 0.5
     row = fit.report("wide", gt, detections, canvas=256)
     assert row.startswith("| wide | 0.67 / 1.00 / 0.50 | 1.00 / 1.00 / 1.00 |"), row
+
+
+def test_bootstrap_accumulates_the_ap_of_any_multiset_of_images() -> None:
+    """scripts/detector_ab_bootstrap.py: all images once give pycocotools' AP; an image drawn twice gives that
+    image's own AP (with distinct scores, a duplicated set has the same precision at every recall); a detector
+    never loses to a worse one on any draw and ties with itself on every draw."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import detector_ab_bootstrap as bootstrap
+    finally:
+        sys.path.pop(0)
+    gt, shifted = ground_truth(), results_for(shift=8.0)
+    shifted[0]["score"], shifted[2]["score"] = 0.5, 0.7  # a ranking across images matters; no ties
+    matches = bootstrap.ImageMatches(gt, shifted)
+    assert matches.num_images == 2
+    assert matches.ap() == pytest.approx(coco_box_ap(gt, shifted)["AP"])
+    annotations = [a for a in gt["annotations"] if a["image_id"] == 2]
+    only_image_2 = {**gt, "images": gt["images"][1:], "annotations": annotations}
+    expected = coco_box_ap(only_image_2, [r for r in shifted if r["image_id"] == 2])["AP"]
+    assert matches.ap(np.array([1, 1])) == pytest.approx(expected)
+    assert matches.ap(np.array([1, 1])) != pytest.approx(matches.ap())
+    perfect = bootstrap.ImageMatches(gt, results_for())
+    draws = bootstrap.paired_bootstrap(perfect, matches, resamples=20, seed=1)
+    assert draws.shape == (20, 2) and np.allclose(draws[:, 0], 1.0) and (draws[:, 1] < 1.0).all()
+    same = bootstrap.paired_bootstrap(matches, matches, resamples=20, seed=1)
+    np.testing.assert_array_equal(same[:, 0], same[:, 1])
+    assert "| +0.0000 | [+0.0000, +0.0000] | 0% |" in bootstrap.summary("a", "a", 0.5, 0.5, same)
+    with pytest.raises(ValueError, match="no detections"):
+        bootstrap.ImageMatches(gt, [])
