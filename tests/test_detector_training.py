@@ -255,6 +255,35 @@ def test_flip_mirrors_boxes() -> None:
     np.testing.assert_allclose(boxes, [[44.0, 8.0, 60.0, 40.0]])
 
 
+def test_mixup_blends_two_canvases_half_and_half_and_keeps_both_box_sets() -> None:
+    """Images the size of the canvas at scale 1 land unchanged; with mixup the canvas is the mean of the item's and
+    a random item's canvas, its boxes both sets, and both persons are targets; mixup 0 leaves the item alone."""
+    images = {1: np.full((64, 64, 3), 40, np.uint8), 2: np.full((64, 64, 3), 200, np.uint8)}
+    records = [ImageBoxes(Path("a.jpg"), 1, np.array([[4.0, 4.0, 20.0, 40.0]], np.float32), "t"),
+               ImageBoxes(Path("b.jpg"), 2, np.array([[36.0, 10.0, 60.0, 60.0]], np.float32), "t")]
+    still = {"scale_range": (1.0, 1.0), "flip_prob": 0.0, "mosaic_prob": 0.0, "brightness": 0.0, "contrast": 0.0,
+             "saturation": 0.0}
+    dataset = DetectionDataset(records, 64, DetectionAugment(**still, mixup_prob=1.0),
+                               read=lambda record: images[record.image_id])
+    partners = set()
+    for seed in range(8):
+        canvas, boxes = dataset.canvas(0, np.random.default_rng(seed))
+        partner = 2 if len(boxes) == 2 and boxes[1, 0] == 36.0 else 1
+        partners.add(partner)
+        np.testing.assert_allclose(canvas, (40.0 + images[partner]) / 2)
+        np.testing.assert_allclose(boxes, np.concatenate([records[0].boxes, records[partner - 1].boxes]))
+    assert partners == {1, 2}
+    torch.manual_seed(0)
+    items = [dataset[0] for _ in range(8)]
+    assert max(float(item["mask"].sum()) for item in items) == 2.0  # a blend with image 2: two centres
+    plain = DetectionDataset(records, 64, DetectionAugment(**still, mixup_prob=0.0), read=dataset.read)
+    canvas, boxes = plain.canvas(0, np.random.default_rng(0))
+    np.testing.assert_allclose(canvas, 40.0)
+    np.testing.assert_allclose(boxes, records[0].boxes)
+    with pytest.raises(ValueError, match="mixup_prob"):
+        DetectionAugment(mixup_prob=1.5)
+
+
 def test_merge_keeps_only_teacher_boxes_the_annotation_missed() -> None:
     gt = np.array([[0.0, 0.0, 10.0, 10.0]], np.float32)
     teacher = np.array([[0.5, 0.0, 10.5, 10.0], [50.0, 50.0, 60.0, 70.0]], np.float32)

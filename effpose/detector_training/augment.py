@@ -6,8 +6,9 @@ integers) gets the same map shifted by half a pixel. Without augmentation the pl
 letterbox (``effpose.detectors.letterbox`` centred, pad 114). With it, the image is scaled by U(scale_range)
 around the letterbox scale and put at a uniformly random position: smaller than the canvas it moves around
 (translation), larger it is cropped. Mosaic splits the canvas at a random centre into four tiles, each holding a
-different image placed the same way within its tile. Boxes follow the pixels; a box keeps only its visible part
-and is dropped when that is smaller than ``min_box_size`` or than ``min_visible`` of the whole box.
+different image placed the same way within its tile. Mixup (YOLOX's) blends the canvas half and half with a second
+canvas of other images, drawn the same way, and keeps the boxes of both. Boxes follow the pixels; a box keeps only
+its visible part and is dropped when that is smaller than ``min_box_size`` or than ``min_visible`` of the whole box.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class DetectionAugment:
 
     ``scale_range``: the letterbox scale of a tile is multiplied by U(low, high). ``flip_prob``: horizontal
     mirror per image. ``mosaic_prob``: probability that a sample is a 2x2 mosaic of four images.
+    ``mixup_prob``: probability that a sample is the half-and-half blend of two such canvases, with both box sets.
     ``brightness`` / ``contrast`` / ``saturation``: factors U(1 -/+ value) per image (``jitter_colour``).
     ``min_box_size`` (canvas pixels) and ``min_visible`` (fraction of the box area): what a cropped box must keep.
     """
@@ -36,6 +38,7 @@ class DetectionAugment:
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip_prob: float = 0.5
     mosaic_prob: float = 0.5
+    mixup_prob: float = 0.0
     brightness: float = 0.3
     contrast: float = 0.3
     saturation: float = 0.3
@@ -46,7 +49,7 @@ class DetectionAugment:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
-        check_fractions(self, ("flip_prob", "mosaic_prob", "min_visible"))
+        check_fractions(self, ("flip_prob", "mosaic_prob", "mixup_prob", "min_visible"))
         check_fractions(self, ("brightness", "contrast", "saturation"), below_one=True)
         if self.min_box_size < 0:
             raise ValueError(f"min_box_size must be >= 0, got {self.min_box_size}")
@@ -54,8 +57,8 @@ class DetectionAugment:
     @classmethod
     def none(cls) -> DetectionAugment:
         """No augmentation: every image is letterboxed exactly as at inference."""
-        return cls(scale_range=(1.0, 1.0), flip_prob=0.0, mosaic_prob=0.0, brightness=0.0, contrast=0.0,
-                   saturation=0.0)
+        return cls(scale_range=(1.0, 1.0), flip_prob=0.0, mosaic_prob=0.0, mixup_prob=0.0, brightness=0.0,
+                   contrast=0.0, saturation=0.0)
 
     @property
     def enabled(self) -> bool:

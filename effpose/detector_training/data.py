@@ -158,8 +158,17 @@ class DetectionDataset(Dataset):
         """Item ``index`` before target encoding: the float32 BGR canvas (S, S, 3) and its boxes (M, 4).
 
         Without ``rng`` it is the plain letterbox; with it, a random placement or (``mosaic_prob``) a mosaic of
-        this image and three random others.
+        this image and three random others, blended (``mixup_prob``) half and half with the canvas of a random
+        other item, drawn the same way, whose boxes it also takes.
         """
+        image, boxes = self._placed(index, rng)
+        if rng is not None and self.augment.mixup_prob > 0 and rng.random() < self.augment.mixup_prob:
+            other, other_boxes = self._placed(int(rng.integers(0, len(self.records))), rng)
+            image, boxes = (image + other) * np.float32(0.5), np.concatenate([boxes, other_boxes])
+        return image, boxes
+
+    def _placed(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``index`` placed on its own canvas: the letterbox, a random placement or a mosaic."""
         size = self.input_size
         mosaic = rng is not None and rng.random() < self.augment.mosaic_prob
         indices = [index, *rng.integers(0, len(self.records), 3)] if mosaic else [index]
