@@ -25,7 +25,7 @@ import numpy as np
 from effpose.data.coco import read_coco_json
 from effpose.data.sources import data_root
 from effpose.detectors import OnnxDetector
-from effpose.evaluation.detection import detect_images
+from effpose.evaluation.detection import detect_images, person_box_evaluation
 
 ANNOTATIONS = "coco/annotations/person_keypoints_val.json"
 IMAGES = "coco/images"
@@ -37,19 +37,12 @@ class ImageMatches:
     from which the AP of any multiset of those images is accumulated."""
 
     def __init__(self, gt: dict[str, Any], results: list[dict[str, Any]]):
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
         if not results:
             raise ValueError("no detections to match: the AP of every resample would be 0")
+        self._evaluation = person_box_evaluation(gt, results)
+        params = self._evaluation.params
+        params.maxDets, params.areaRng, params.areaRngLbl = [MAX_DETECTIONS], [[0, 1e10]], ["all"]
         with contextlib.redirect_stdout(io.StringIO()):
-            truth = COCO()
-            truth.dataset = gt
-            truth.createIndex()
-            self._evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-            params = self._evaluation.params
-            params.catIds, params.maxDets = [1], [MAX_DETECTIONS]
-            params.areaRng, params.areaRngLbl = [[0, 1e10]], ["all"]
             self._evaluation.evaluate()
         self._per_image = list(self._evaluation.evalImgs)  # one entry per image, in params.imgIds order
         self.num_images = len(self._per_image)

@@ -280,6 +280,10 @@ def test_mixup_blends_two_canvases_half_and_half_and_keeps_both_box_sets() -> No
     canvas, boxes = plain.canvas(0, np.random.default_rng(0))
     np.testing.assert_allclose(canvas, 40.0)
     np.testing.assert_allclose(boxes, records[0].boxes)
+    with_canvas, placed_only = np.random.default_rng(3), np.random.default_rng(3)
+    plain.canvas(0, with_canvas)
+    plain._placed(0, placed_only)
+    assert with_canvas.random() == placed_only.random()  # mixup 0 draws nothing: the recipe's streams are unchanged
     with pytest.raises(ValueError, match="mixup_prob"):
         DetectionAugment(mixup_prob=1.5)
 

@@ -62,19 +62,27 @@ def detect_images(
     return DetectionRun(results, milliseconds, len(images))
 
 
-def coco_box_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
-    """COCO person box metrics (:data:`BOX_METRIC_NAMES`) of ``results`` against the COCO-format ``gt``."""
+def person_box_evaluation(gt: dict[str, Any], results: list[dict[str, Any]]) -> Any:
+    """A pycocotools ``COCOeval`` of the non-empty COCO ``results`` against the COCO-format ``gt``, person boxes
+    (category 1) only, not yet evaluated (its ``params`` can still be narrowed)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return dict.fromkeys(BOX_METRIC_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
         truth.dataset = gt
         truth.createIndex()
         evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
-        evaluation.params.catIds = [1]
+    evaluation.params.catIds = [1]
+    return evaluation
+
+
+def coco_box_ap(gt: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, float]:
+    """COCO person box metrics (:data:`BOX_METRIC_NAMES`) of ``results`` against the COCO-format ``gt``."""
+    if not results:
+        return dict.fromkeys(BOX_METRIC_NAMES, 0.0)
+    evaluation = person_box_evaluation(gt, results)
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
