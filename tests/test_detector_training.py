@@ -21,6 +21,7 @@ from effpose.detector_training.augment import (
     Placement,
     compose,
     letterbox_placement,
+    paste_person,
     random_placement,
 )
 from effpose.detector_training.config import DetectionSource, DetectorConfig
@@ -286,6 +287,61 @@ def test_mixup_blends_two_canvases_half_and_half_and_keeps_both_box_sets() -> No
     assert with_canvas.random() == placed_only.random()  # mixup 0 draws nothing: the recipe's streams are unchanged
     with pytest.raises(ValueError, match="mixup_prob"):
         DetectionAugment(mixup_prob=1.5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_pasted_person_lands_inside_its_box_and_hides_the_boxes_it_covers(seed: int) -> None:
+    """A bright 10x20 crop pasted 40 px tall (twice its size) on a dark canvas: the bright pixels are inside the
+    appended box, its middle is the crop, the canvas outside is untouched, and a box under it goes exactly when
+    less than min_visible of it is left."""
+    canvas = np.full((64, 64, 3), 40.0, np.float32)
+    boxes = np.array([[8.0, 8.0, 24.0, 24.0], [30.0, 30.0, 62.0, 62.0]], np.float32)
+    augment = DetectionAugment(paste_height=(40.0, 40.0), flip_prob=0.5, brightness=0.0, contrast=0.0,
+                               saturation=0.0, min_visible=0.25)
+    crop = np.full((20, 10, 3), 250, np.uint8)
+    canvas, placed = paste_person(canvas, boxes, crop, augment, np.random.default_rng(seed))
+    x1, y1, x2, y2 = placed[-1].astype(int)
+    assert (x2 - x1, y2 - y1) == (20, 40)
+    changed = np.argwhere(canvas[..., 0] != 40.0)
+    assert changed.min(0).tolist() >= [y1, x1] and (changed.max(0) + 1).tolist() <= [y2, x2]
+    np.testing.assert_allclose(canvas[y1 + 4:y2 - 4, x1 + 4:x2 - 4], 250.0)
+    for box in boxes:
+        overlap = np.clip(np.minimum(box[2:], [x2, y2]) - np.maximum(box[:2], [x1, y1]), 0, None).prod()
+        left = 1.0 - overlap / np.prod(box[2:] - box[:2])
+        assert any(np.array_equal(box, kept) for kept in placed[:-1]) == (left >= 0.25)
+
+
+def test_paste_adds_persons_of_other_items_and_draws_nothing_when_off() -> None:
+    """With paste_prob 1 a canvas gets 1 to paste_count more persons, each a target; with 0 the item and the
+    random stream are as without the option."""
+    images = {1: np.full((64, 64, 3), 40, np.uint8), 2: np.full((64, 64, 3), 200, np.uint8)}
+    records = [ImageBoxes(Path("a.jpg"), 1, np.array([[4.0, 4.0, 12.0, 20.0]], np.float32), "t"),
+               ImageBoxes(Path("b.jpg"), 2, np.array([[36.0, 10.0, 60.0, 60.0]], np.float32), "t")]
+    still = {"scale_range": (1.0, 1.0), "flip_prob": 0.0, "mosaic_prob": 0.0, "brightness": 0.0, "contrast": 0.0,
+             "saturation": 0.0, "min_box_size": 2.0}
+    dataset = DetectionDataset(records, 64, DetectionAugment(**still, paste_prob=1.0, paste_count=2,
+                                                             paste_height=(16.0, 32.0)),
+                               read=lambda record: images[record.image_id])
+    counts = set()
+    for seed in range(12):
+        _, boxes = dataset.canvas(0, np.random.default_rng(seed))
+        pasted = np.array([box for box in boxes if not np.array_equal(box, records[0].boxes[0])]).reshape(-1, 4)
+        counts.add(len(pasted))
+        assert np.all(pasted[:, 3] - pasted[:, 1] <= 32.0)
+    assert counts == {1, 2}
+    torch.manual_seed(0)
+    assert max(float(dataset[0]["mask"].sum()) for _ in range(8)) >= 2.0
+    plain = DetectionDataset(records, 64, DetectionAugment(**still), read=dataset.read)
+    with_canvas, placed_only = np.random.default_rng(3), np.random.default_rng(3)
+    _, boxes = plain.canvas(0, with_canvas)
+    plain._placed(0, placed_only)
+    np.testing.assert_allclose(boxes, records[0].boxes)
+    assert with_canvas.random() == placed_only.random()
+    for bad in ({"paste_prob": 1.5}, {"paste_count": 0}, {"paste_height": (40.0, 20.0)}):
+        with pytest.raises(ValueError, match="paste"):
+            DetectionAugment(**bad)
+    config = DetectorConfig.from_dict({"augment": {"paste_prob": 0.5, "paste_height": [20, 90]}})
+    assert config.augment.paste_height == (20, 90) and config.augment.paste_prob == 0.5
 
 
 def test_merge_keeps_only_teacher_boxes_the_annotation_missed() -> None:

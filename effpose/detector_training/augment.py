@@ -6,8 +6,10 @@ integers) gets the same map shifted by half a pixel. Without augmentation the pl
 letterbox (``effpose.detectors.letterbox`` centred, pad 114). With it, the image is scaled by U(scale_range)
 around the letterbox scale and put at a uniformly random position: smaller than the canvas it moves around
 (translation), larger it is cropped. Mosaic splits the canvas at a random centre into four tiles, each holding a
-different image placed the same way within its tile. Mixup (YOLOX's) blends the canvas half and half with a second
-canvas of other images, drawn the same way, and keeps the boxes of both. Boxes follow the pixels; a box keeps only
+different image placed the same way within its tile. Copy-paste puts persons cut out of other images (their boxes,
+with feathered edges: the data has no masks) on the canvas at random sizes and places, so that people appear in
+scenes they were never photographed in. Mixup (YOLOX's) blends the canvas half and half with a second canvas of
+other images, drawn the same way, and keeps the boxes of both. Boxes follow the pixels; a box keeps only
 its visible part and is dropped when that is smaller than ``min_box_size`` or than ``min_visible`` of the whole box.
 """
 
@@ -30,6 +32,9 @@ class DetectionAugment:
 
     ``scale_range``: the letterbox scale of a tile is multiplied by U(low, high). ``flip_prob``: horizontal
     mirror per image. ``mosaic_prob``: probability that a sample is a 2x2 mosaic of four images.
+    ``paste_prob``: probability that 1 to ``paste_count`` persons (box crops of random items) are pasted on a sample,
+    each ``paste_height`` (low, high) canvas pixels tall (log-uniform; a crop is enlarged at most twice), flipped and
+    colour-jittered like an image; a box a paste covers beyond ``min_visible`` is dropped.
     ``mixup_prob``: probability that a sample is the half-and-half blend of two such canvases, with both box sets.
     ``brightness`` / ``contrast`` / ``saturation``: factors U(1 -/+ value) per image (``jitter_colour``).
     ``min_box_size`` (canvas pixels) and ``min_visible`` (fraction of the box area): what a cropped box must keep.
@@ -38,6 +43,9 @@ class DetectionAugment:
     scale_range: tuple[float, float] = (0.5, 1.5)
     flip_prob: float = 0.5
     mosaic_prob: float = 0.5
+    paste_prob: float = 0.0
+    paste_count: int = 3
+    paste_height: tuple[float, float] = (24.0, 160.0)
     mixup_prob: float = 0.0
     brightness: float = 0.3
     contrast: float = 0.3
@@ -49,7 +57,10 @@ class DetectionAugment:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
-        check_fractions(self, ("flip_prob", "mosaic_prob", "mixup_prob", "min_visible"))
+        check_fractions(self, ("flip_prob", "mosaic_prob", "paste_prob", "mixup_prob", "min_visible"))
+        if self.paste_count < 1 or not 0 < self.paste_height[0] <= self.paste_height[1]:
+            raise ValueError(f"paste_count must be >= 1 and paste_height (low, high) with 0 < low <= high, got "
+                             f"{self.paste_count} and {self.paste_height}")
         check_fractions(self, ("brightness", "contrast", "saturation"), below_one=True)
         if self.min_box_size < 0:
             raise ValueError(f"min_box_size must be >= 0, got {self.min_box_size}")
@@ -57,8 +68,8 @@ class DetectionAugment:
     @classmethod
     def none(cls) -> DetectionAugment:
         """No augmentation: every image is letterboxed exactly as at inference."""
-        return cls(scale_range=(1.0, 1.0), flip_prob=0.0, mosaic_prob=0.0, mixup_prob=0.0, brightness=0.0,
-                   contrast=0.0, saturation=0.0)
+        return cls(scale_range=(1.0, 1.0), flip_prob=0.0, mosaic_prob=0.0, paste_prob=0.0, mixup_prob=0.0,
+                   brightness=0.0, contrast=0.0, saturation=0.0)
 
     @property
     def enabled(self) -> bool:
@@ -166,3 +177,55 @@ def compose(images: Sequence[np.ndarray], boxes: Sequence[np.ndarray], placement
     placed = [place(image, item, item_boxes, placement, augment)
               for item, item_boxes, placement in zip(images, boxes, placements)]
     return image, np.concatenate(placed).astype(np.float32) if placed else np.zeros((0, 4), np.float32)
+
+
+PASTE_FEATHER = 0.1  # a pasted crop fades in over this fraction of its shorter side
+
+
+def box_crop(image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """The pixels of ``box`` (x1, y1, x2, y2, edge coordinates, rounded outwards and clipped to the image), or
+    None when that leaves no pixel."""
+    height, width = image.shape[:2]
+    x1, y1 = max(0, int(np.floor(box[0]))), max(0, int(np.floor(box[1])))
+    x2, y2 = min(width, int(np.ceil(box[2]))), min(height, int(np.ceil(box[3])))
+    return image[y1:y2, x1:x2] if x2 > x1 and y2 > y1 else None
+
+
+def feather_mask(height: int, width: int) -> np.ndarray:
+    """(H, W, 1) float32 opacity: 1 inside, falling linearly to 0 at the border over PASTE_FEATHER of the shorter
+    side."""
+    ramp = max(1.0, PASTE_FEATHER * min(height, width))
+    ys = np.minimum(np.arange(height) + 0.5, height - np.arange(height) - 0.5) / ramp
+    xs = np.minimum(np.arange(width) + 0.5, width - np.arange(width) - 0.5) / ramp
+    return np.clip(np.minimum(ys[:, None], xs[None, :]), 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def paste_person(canvas: np.ndarray, boxes: np.ndarray, crop: np.ndarray, augment: DetectionAugment,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste ``crop`` (a person's box crop, BGR uint8) on ``canvas`` (float32 BGR, S x S, changed in place) at a
+    random size (``augment.paste_height``, at most twice the crop's height, the whole crop inside the canvas),
+    place, flip and colour; returns the canvas and its boxes: those the crop covers beyond ``min_visible`` dropped,
+    the crop's own appended (unless under ``min_box_size``)."""
+    size = canvas.shape[0]
+    crop_h, crop_w = crop.shape[:2]
+    low, high = np.log(augment.paste_height)
+    height = min(float(np.exp(rng.uniform(low, high))), 2.0 * crop_h)
+    scale = min(height / crop_h, size / crop_h, size / crop_w)
+    new_w, new_h = max(1, round(crop_w * scale)), max(1, round(crop_h * scale))
+    x, y = int(rng.integers(0, size - new_w + 1)), int(rng.integers(0, size - new_h + 1))
+    flip = bool(rng.random() < augment.flip_prob)
+    colour = [float(rng.uniform(1 - amount, 1 + amount))
+              for amount in (augment.brightness, augment.contrast, augment.saturation)]
+    if min(new_w, new_h) < augment.min_box_size:
+        return canvas, boxes
+    patch = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    patch = jitter_colour(patch[:, ::-1] if flip else patch, *colour)
+    alpha = feather_mask(new_h, new_w)
+    region = canvas[y:y + new_h, x:x + new_w]
+    region += alpha * (patch - region)
+    pasted = np.array([[x, y, x + new_w, y + new_h]], np.float32)
+    top_left, bottom_right = np.maximum(boxes[:, :2], pasted[:, :2]), np.minimum(boxes[:, 2:], pasted[:, 2:])
+    covered = np.clip(bottom_right - top_left, 0.0, None).prod(axis=1)
+    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(axis=1), 1e-9)
+    keep = area - covered >= augment.min_visible * area
+    return canvas, np.concatenate([boxes[keep], pasted]).astype(np.float32)

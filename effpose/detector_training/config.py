@@ -107,9 +107,8 @@ class DetectorConfig(LoopConfig):
         data = dict(data)
         data["train"] = [DetectionSource(**source) for source in data.get("train", [])]
         data["val"] = [DataSource(**source) for source in data.get("val", [])]
-        augment = dict(data.get("augment", {}))
-        if "scale_range" in augment:
-            augment["scale_range"] = tuple(augment["scale_range"])
+        augment = {key: tuple(value) if isinstance(value, list) else value  # JSON pairs: scale_range, paste_height
+                   for key, value in data.get("augment", {}).items()}
         data["augment"] = DetectionAugment(**augment)
         return cls(**data)
 

@@ -23,9 +23,11 @@ from effpose.data.dataset import read_image
 from effpose.detector_training.augment import (
     DetectionAugment,
     Placement,
+    box_crop,
     compose,
     letterbox_placement,
     mosaic_tiles,
+    paste_person,
     random_placement,
 )
 from effpose.detector_training.config import DetectionSource
@@ -158,13 +160,26 @@ class DetectionDataset(Dataset):
         """Item ``index`` before target encoding: the float32 BGR canvas (S, S, 3) and its boxes (M, 4).
 
         Without ``rng`` it is the plain letterbox; with it, a random placement or (``mosaic_prob``) a mosaic of
-        this image and three random others, blended (``mixup_prob``) half and half with the canvas of a random
-        other item, drawn the same way, whose boxes it also takes.
+        this image and three random others, with (``paste_prob``) persons of random items pasted on it, blended
+        (``mixup_prob``) half and half with the canvas of a random other item, drawn the same way, whose boxes it
+        also takes.
         """
         image, boxes = self._placed(index, rng)
+        if rng is not None and self.augment.paste_prob > 0 and rng.random() < self.augment.paste_prob:
+            image, boxes = self._pasted(image, boxes, rng)
         if rng is not None and self.augment.mixup_prob > 0 and rng.random() < self.augment.mixup_prob:
             other, other_boxes = self._placed(int(rng.integers(0, len(self.records))), rng)
             image, boxes = (image + other) * np.float32(0.5), np.concatenate([boxes, other_boxes])
+        return image, boxes
+
+    def _pasted(self, image: np.ndarray, boxes: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` with 1 to ``paste_count`` persons pasted on it: each a random box of a random item."""
+        for _ in range(int(rng.integers(1, self.augment.paste_count + 1))):
+            record = self.records[int(rng.integers(0, len(self.records)))]
+            crop = box_crop(self.read(record), record.boxes[int(rng.integers(0, len(record.boxes)))])
+            if crop is not None:
+                image, boxes = paste_person(image, boxes, crop, self.augment, rng)
         return image, boxes
 
     def _placed(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
