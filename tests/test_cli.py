@@ -64,6 +64,34 @@ def test_export_checkpoint(tmp_path, random_model_a) -> None:
     assert wrong_arch.returncode == 2 and "holds" in wrong_arch.stderr
 
 
+@pytest.mark.slow
+def test_export_ships_a_resume_points_moving_average(tmp_path, random_model_a, randomized) -> None:
+    """A resume point holds the raw weights and their moving average: export ships the average (what training
+    validated) and says so; --raw-weights ships the raw ones; a checkpoint without an average exports as it is."""
+    import onnxruntime as ort
+    import torch
+
+    from effpose.model import build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    average = randomized(build_model("A"))
+    ema = {"n_averaged": torch.tensor(7), **{f"module.{name}": value for name, value in average.state_dict().items()}}
+    save_checkpoint(random_model_a, tmp_path / "last.pt", ema=ema)
+    image = torch.rand(1, 3, 256, 192)
+    for options, model, flag in (([], average, True), (["--raw-weights"], random_model_a, False)):
+        result = run("export", "--checkpoint", str(tmp_path / "last.pt"), "--out", str(tmp_path / "x.onnx"), *options)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["moving_average"] is flag
+        session = ort.InferenceSession(str(tmp_path / "x.onnx"), providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            expected = model(image).numpy()
+        np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: image.numpy()})[0], expected,
+                                   atol=1e-4)
+    save_checkpoint(random_model_a, tmp_path / "plain.pt")
+    plain = run("export", "--checkpoint", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "p.onnx"))
+    assert plain.returncode == 0 and json.loads(plain.stdout)["moving_average"] is False
+
+
 def test_predict_on_a_real_photo(tmp_path, random_onnx_a, coco_val_person) -> None:
     image_path, box = coco_val_person
     drawn = tmp_path / "drawn.png"

@@ -32,6 +32,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def exported_average(extra: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether an export took the checkpoint's moving average of the weights (see :func:`add_weights_option`)."""
+    return "ema" in extra and not args.raw_weights
+
+
+def add_weights_option(parser: argparse.ArgumentParser) -> None:
+    """``--raw-weights``: of a checkpoint that holds the weights and their moving average (a resume point, last.pt,
+    of a run with ema_decay > 0), export the raw weights instead of the average that training validates."""
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="export a resume point's raw weights, not their moving average (the default: what "
+                             "training validated; best.pt holds only that)")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a checkpoint (or, explicitly, random weights) to ONNX and check parity with torch."""
     from effpose.export import check_parity, export_onnx
@@ -42,17 +55,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     trained_size = None
     if args.checkpoint is not None:
-        model, extra = load_checkpoint(args.checkpoint, arch=args.arch)
+        model, extra = load_checkpoint(args.checkpoint, arch=args.arch, moving_average=not args.raw_weights)
         trained_size = (extra.get("train_config") or {}).get("input_size")
         weights = "trained"
     else:
-        model = build_model(args.arch or "A", num_joints=args.joints)
+        model, extra = build_model(args.arch or "A", num_joints=args.joints), {}
         weights = "random-init"
     input_size = args.input or (tuple(trained_size) if trained_size else DEFAULT_INPUT_SIZE)
     path = export_onnx(model, args.out, input_size, weights=weights)
     diff = check_parity(model, path, input_size)
-    print(json.dumps({"out": str(path), "weights": weights, "input_size": list(input_size),
-                      "parity_max_abs_diff": diff}))
+    print(json.dumps({"out": str(path), "weights": weights, "moving_average": exported_average(extra, args),
+                      "input_size": list(input_size), "parity_max_abs_diff": diff}))
     return 0
 
 
@@ -66,16 +79,16 @@ def cmd_export_detector(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.checkpoint is not None:
-        model, extra = load_detector(args.checkpoint)
+        model, extra = load_detector(args.checkpoint, moving_average=not args.raw_weights)
         trained_size = extra.get("train_config", {}).get("input_size")
         weights = "trained"
     else:
-        model, trained_size, weights = build_centernet(args.arch), None, "random"
+        model, extra, trained_size, weights = build_centernet(args.arch), {}, None, "random"
     input_size = args.input or trained_size or 320
     path = export_detector(model, args.out, input_size, weights=weights)
     diff = check_detector_parity(model, path, input_size)
-    print(json.dumps({"out": str(path), "weights": weights, "input_size": [input_size, input_size],
-                      "parity_max_abs_diff": diff}))
+    print(json.dumps({"out": str(path), "weights": weights, "moving_average": exported_average(extra, args),
+                      "input_size": [input_size, input_size], "parity_max_abs_diff": diff}))
     return 0
 
 
@@ -110,6 +123,7 @@ def add_parsers(subparsers: Any) -> None:
                         help="HEIGHTxWIDTH (default: the checkpoint's training size, else 256x192)")
     export.add_argument("--joints", type=int, default=17, help="joints of a --random-weights model")
     export.add_argument("--out", type=Path, required=True)
+    add_weights_option(export)
     export.set_defaults(func=cmd_export)
 
     export_det = subparsers.add_parser("export-detector",
@@ -119,6 +133,7 @@ def add_parsers(subparsers: Any) -> None:
     export_det.add_argument("--arch", default="A", help="trunk genotype of a --random-weights model")
     export_det.add_argument("--input", type=int, help="square input side S (default: the training size, else 320)")
     export_det.add_argument("--out", type=Path, required=True)
+    add_weights_option(export_det)
     export_det.set_defaults(func=cmd_export_detector)
 
     quantize = subparsers.add_parser(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from effpose.genotype import Genotype, load_genotype
 from effpose.model.blocks import ConvBNReLU
-from effpose.model.network import GenotypeTrunk, init_weights
+from effpose.model.network import GenotypeTrunk, checkpoint_weights, init_weights
 from effpose.processing import INPUT_MEAN, INPUT_STD
 
 KIND = "person_detector"  # checkpoint config "kind" and ONNX metadata effpose.kind
@@ -127,18 +127,15 @@ def load_detector(path: str | Path, moving_average: bool = False) -> tuple[Cente
     :func:`effpose.model.save_checkpoint`; returns it in eval mode and the checkpoint's other entries.
 
     ``moving_average``: where the checkpoint holds the weights' moving average (a resume point's ``ema``), load
-    that instead of the raw weights: it is what training validates and exports (``best.pt`` holds it already).
+    that instead of the raw weights (:func:`~effpose.model.network.checkpoint_weights`; ``best.pt`` holds it
+    already).
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not config or config.get("kind") != KIND:
         raise ValueError(f"checkpoint {path} does not hold a person detector (no config with kind {KIND!r})")
     model = CenterNetDetector(Genotype.from_dict(config["genotype"]), max_detections=config["max_detections"])
-    if moving_average and "ema" in checkpoint:
-        prefix = "module."  # torch.optim.swa_utils.AveragedModel's names, beside its n_averaged counter
-        state = {name[len(prefix):]: value for name, value in checkpoint["ema"].items() if name.startswith(prefix)}
-    else:
-        state = checkpoint["state_dict"]
-    model.load_state_dict(state)  # copies, so float16 resume points load into float32 weights
+    # copies, so float16 resume points load into float32 weights
+    model.load_state_dict(checkpoint_weights(checkpoint, moving_average))
     model.eval()
     return model, {key: value for key, value in checkpoint.items() if key not in ("state_dict", "config")}

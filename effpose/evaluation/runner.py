@@ -94,10 +94,10 @@ def load_estimator(
 ) -> PoseEstimator:
     """A :class:`PoseEstimator` for an ``.onnx`` file, or for a torch checkpoint (``.pt`` / ``.pth``).
 
-    A checkpoint is exported to a temporary ONNX file exactly as ``effpose export`` does, so what is evaluated
-    is what ships; only this branch imports torch. Its crop size ``input_size`` (width, height) defaults to the
-    checkpoint's ``train_config["input_size"]`` when it has one, else 192x256. ``decode`` None uses the refinement
-    the model states.
+    A checkpoint is exported to a temporary ONNX file exactly as ``effpose export`` does (a resume point's moving
+    average of the weights, where it holds one), so what is evaluated is what ships; only this branch imports
+    torch. Its crop size ``input_size`` (width, height) defaults to the checkpoint's ``train_config["input_size"]``
+    when it has one, else 192x256. ``decode`` None uses the refinement the model states.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -110,7 +110,7 @@ def load_estimator(
         raise ValueError(f"model must be an .onnx file or a checkpoint ({suffixes}): {model_path}")
     from effpose.model import load_checkpoint
 
-    model, extra = load_checkpoint(model_path)
+    model, extra = load_checkpoint(model_path, moving_average=True)
     if input_size is None:
         input_size = tuple((extra.get("train_config") or {}).get("input_size", DEFAULT_INPUT_SIZE))
     return estimator_for_model(model, input_size, weights="trained", **options)

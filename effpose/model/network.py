@@ -153,11 +153,21 @@ def save_checkpoint(model: GenotypeTrunk, path: str | Path, **extra: Any) -> Non
     torch.save({"config": model.config(), "state_dict": model.state_dict(), **extra}, path)
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None) -> tuple[EfficientPose, dict[str, Any]]:
+def checkpoint_weights(checkpoint: dict[str, Any], moving_average: bool) -> dict[str, Tensor]:
+    """The weights of a training checkpoint: its raw ``state_dict``, or (``moving_average``, where it holds one,
+    as a resume point written with ``ema_decay`` > 0 does) the moving average that training validates and exports."""
+    if moving_average and "ema" in checkpoint:
+        prefix = "module."  # torch.optim.swa_utils.AveragedModel's names, beside its n_averaged counter
+        return {name[len(prefix):]: value for name, value in checkpoint["ema"].items() if name.startswith(prefix)}
+    return checkpoint["state_dict"]
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None,
+                    moving_average: bool = False) -> tuple[EfficientPose, dict[str, Any]]:
     """Rebuild a network from a checkpoint written by :func:`save_checkpoint` (or the training job).
 
-    A bare state dict is accepted too when ``arch`` names the architecture. Returns the model (eval mode)
-    and the checkpoint's remaining entries.
+    A bare state dict is accepted too when ``arch`` names the architecture. ``moving_average``: see
+    :func:`checkpoint_weights`. Returns the model (eval mode) and the checkpoint's remaining entries.
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" not in checkpoint:
@@ -173,6 +183,6 @@ def load_checkpoint(path: str | Path, arch: str | None = None) -> tuple[Efficien
         model = build_model(arch, num_joints=num_joints, sic="sic.0.weight" in checkpoint["state_dict"])
     else:
         raise ValueError(f"checkpoint {path} has no network config: pass the architecture")
-    model.load_state_dict(checkpoint["state_dict"])
+    model.load_state_dict(checkpoint_weights(checkpoint, moving_average))
     model.eval()
     return model, {k: v for k, v in checkpoint.items() if k not in ("state_dict", "config")}
