@@ -75,8 +75,9 @@ class DetectorTrainer(TrainingLoop):
         self.teacher = self.load_teacher() if config.distill_checkpoint else None
 
     def load_teacher(self) -> CenterNetDetector:
-        """The frozen detector of ``distill_checkpoint``, in eval mode on the training device."""
-        teacher, _ = load_detector(self.config.distill_checkpoint)
+        """The frozen detector of ``distill_checkpoint`` (a resume point's moving average, as an export takes it),
+        in eval mode on the training device."""
+        teacher, _ = load_detector(self.config.distill_checkpoint, moving_average=True)
         teacher.requires_grad_(False)
         log.info("distilling from %s (weight %g)", self.config.distill_checkpoint, self.config.distill_weight)
         memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
