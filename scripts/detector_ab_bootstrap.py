@@ -9,7 +9,7 @@ and re-accumulates both APs from those per-image matches.
 Prints both APs, the difference B - A with its 95% percentile interval over the resamples and the share of
 resamples in which B's AP is higher. Detections: every one from score 0.01 through the service's detector adapter
 (``effpose.evaluation.detection.detect_images``), as ``benchmarks/detectors.py`` scores box AP. An A/B's arms are
-compared on their last weights: ``effpose export-detector --checkpoint runs/RUN_ARM/last.pt --out ARM.onnx``.
+compared on their final moving averages: ``effpose export-detector --checkpoint runs/RUN_ARM/last.pt --out ARM.onnx``.
 """
 
 from __future__ import annotations

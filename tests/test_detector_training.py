@@ -660,3 +660,30 @@ def test_detector_campaign_stops_resumes_and_regenerates_its_progress_table(
     rows = [line for line in table.splitlines() if line.startswith("| detector_r")]
     assert [row.split(" | ")[2] for row in rows] == ["128x128", "128x128"]
     assert f"{history[1]['crops_seen']:,}" in rows[1] and f"{history[1]['coco_val/AP']:.4f}" in rows[1]
+
+
+def test_a_soup_holds_the_mean_of_its_checkpoints_moving_averages(tmp_path: Path) -> None:
+    """scripts/detector_soup.py: the mean of each checkpoint's weights (its moving average where it holds one, not
+    its raw weights), counters left as they are; one checkpoint or two architectures are refused."""
+    from effpose.model import save_checkpoint
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        import detector_soup
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    first, second, raw = (build_centernet("A") for _ in range(3))
+    save_checkpoint(first, tmp_path / "a.pt", train_config={"input_size": 128})
+    average = {"n_averaged": torch.tensor(3), **{f"module.{k}": v for k, v in second.state_dict().items()}}
+    save_checkpoint(raw, tmp_path / "b.pt", ema=average)  # a resume point: raw weights beside their average
+    model, input_size = detector_soup.soup([tmp_path / "a.pt", tmp_path / "b.pt"])
+    assert input_size == 128
+    for name, value in model.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (first.state_dict()[name] + second.state_dict()[name]) / 2)
+    with pytest.raises(ValueError, match="two"):
+        detector_soup.soup([tmp_path / "a.pt"])
+    save_checkpoint(build_centernet("mbv2"), tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="different"):
+        detector_soup.soup([tmp_path / "a.pt", tmp_path / "c.pt"])
