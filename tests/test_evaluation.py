@@ -267,6 +267,14 @@ def test_load_estimator_exports_a_checkpoint(random_model_a, random_onnx_a, tmp_
     np.testing.assert_allclose(estimator.run(crops), PoseEstimator(random_onnx_a).run(crops), atol=1e-4)
     save_checkpoint(random_model_a, tmp_path / "square.pt", train_config={"input_size": [256, 256]})
     assert load_estimator(tmp_path / "square.pt").info.input_size == (256, 256)
+    # a resume point: what is evaluated is its moving average, as training validated it and export ships it
+    import torch
+
+    raw = {name: torch.zeros_like(value) for name, value in random_model_a.state_dict().items()}
+    average = {"n_averaged": torch.tensor(5), **{f"module.{k}": v for k, v in random_model_a.state_dict().items()}}
+    torch.save({"config": random_model_a.config(), "state_dict": raw, "ema": average}, tmp_path / "last.pt")
+    np.testing.assert_allclose(load_estimator(tmp_path / "last.pt").run(crops), PoseEstimator(random_onnx_a).run(crops),
+                               atol=1e-4)
     with pytest.raises(ValueError, match="checkpoint"):
         load_estimator(Path(__file__))
 

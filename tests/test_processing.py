@@ -402,3 +402,12 @@ def test_draw_poses_colours_left_and_right_differently() -> None:
     drawn = draw_poses(image, [{"box": [10, 10, 300, 230], "keypoints": keypoints}])
     assert drawn[100, 100].any() and drawn[100, 200].any()
     assert drawn[100, 100].tolist() != drawn[100, 200].tolist()
+
+
+def test_box_coverage_is_the_share_of_each_box_that_another_covers() -> None:
+    from effpose.processing.boxes import box_coverage
+
+    boxes = np.array([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 9.0]])  # the second has no area
+    covers = np.array([[5.0, 0.0, 20.0, 10.0], [0.0, 0.0, 2.0, 2.0], [30.0, 30.0, 40.0, 40.0]])
+    np.testing.assert_allclose(box_coverage(boxes, covers), [[0.5, 0.04, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(box_coverage(covers[:1], boxes[:1]), [[5 / 15]])  # not symmetric, unlike IoU

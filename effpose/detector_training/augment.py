@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from effpose.data.dataset import check_fractions, jitter_colour
+from effpose.processing.boxes import box_coverage
 
 PAD_VALUE = 114  # the letterbox padding of the inference path
 
@@ -224,8 +225,5 @@ def paste_person(canvas: np.ndarray, boxes: np.ndarray, crop: np.ndarray, augmen
     region = canvas[y:y + new_h, x:x + new_w]
     region += alpha * (patch - region)
     pasted = np.array([[x, y, x + new_w, y + new_h]], np.float32)
-    top_left, bottom_right = np.maximum(boxes[:, :2], pasted[:, :2]), np.minimum(boxes[:, 2:], pasted[:, 2:])
-    covered = np.clip(bottom_right - top_left, 0.0, None).prod(axis=1)
-    area = np.maximum((boxes[:, 2:] - boxes[:, :2]).prod(axis=1), 1e-9)
-    keep = area - covered >= augment.min_visible * area
+    keep = 1.0 - box_coverage(boxes, pasted)[:, 0] >= augment.min_visible
     return canvas, np.concatenate([boxes[keep], pasted]).astype(np.float32)

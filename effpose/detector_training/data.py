@@ -33,7 +33,7 @@ from effpose.detector_training.augment import (
 from effpose.detector_training.config import DetectionSource
 from effpose.detector_training.targets import STRIDE, encode_targets
 from effpose.detector_training.teacher import OnnxTeacher
-from effpose.processing.boxes import box_iou
+from effpose.processing.boxes import box_coverage, box_iou
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,11 +83,7 @@ def merge_boxes(gt: np.ndarray, teacher: np.ndarray, max_iou: float, max_inside:
     if len(gt) == 0 or len(teacher) == 0:
         return np.concatenate([gt, teacher]).reshape(-1, 4)
     overlap = box_iou(teacher, gt).max(axis=1)
-    top_left = np.maximum(teacher[:, None, :2], gt[None, :, :2])
-    bottom_right = np.minimum(teacher[:, None, 2:], gt[None, :, 2:])
-    intersection = np.clip(bottom_right - top_left, 0.0, None).prod(axis=2)
-    area = np.clip(teacher[:, 2:] - teacher[:, :2], 0.0, None).prod(axis=1)
-    inside = (intersection / np.maximum(area, 1e-9)[:, None]).max(axis=1)
+    inside = box_coverage(teacher, gt).max(axis=1)
     return np.concatenate([gt, teacher[(overlap <= max_iou) & (inside <= max_inside)]])
 
 

@@ -1,4 +1,4 @@
-"""Box geometry: pairwise IoU (numpy) and greedy non-maximum suppression (OpenCV) of axis-aligned boxes."""
+"""Box geometry: pairwise IoU and coverage (numpy) and greedy non-maximum suppression (OpenCV) of axis-aligned boxes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def box_coverage(boxes: np.ndarray, covers: np.ndarray) -> np.ndarray:
+    """Pairwise share (N, M) of each of the (N, 4) xyxy ``boxes``' area that each of the (M, 4) ``covers`` overlaps;
+    0 for a box without area."""
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(covers, dtype=np.float64).reshape(-1, 4)
+    area = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
+    return np.divide(inter, area[:, None], out=np.zeros_like(inter), where=area[:, None] > 0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
