@@ -471,6 +471,9 @@ def test_config_rejects_unknown_keys_and_bad_sizes() -> None:
     config.regression_cells, config.giou_weight = "gaussian", -1.0
     with pytest.raises(ValueError, match="loss weights"):
         config.validate()
+    config.giou_weight, config.drop_path = 1.0, 1.0
+    with pytest.raises(ValueError, match="drop_path"):
+        config.validate()
 
 
 @pytest.mark.slow
@@ -526,7 +529,7 @@ def test_smoke_detector_training_lowers_the_loss_exports_and_evaluates(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"regression_cells": "gaussian", "giou_weight": 1.5,
-                                          "distill_regression": False},
+                                          "distill_regression": False, "drop_path": 0.2},
                                      {"distill_checkpoint": "", "workers": 1,
                                       "distill_detector": "models/yolox_nano/yolox_nano.onnx"}])
 def test_a_pruned_detector_trains_against_its_full_teacher(
@@ -551,6 +554,7 @@ def test_a_pruned_detector_trains_against_its_full_teacher(
                              check=False, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "distilling from" in trained.stderr
+    assert ("stochastic depth" in trained.stderr) == ("drop_path" in options)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for record in history:
         parts = record["loss_heatmap"] + record["loss_size"] + record["loss_offset"] + 2.0 * record["loss_distill"]

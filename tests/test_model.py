@@ -4,7 +4,16 @@ import pytest
 import torch
 
 from effpose.genotype import SEARCH_OPS
-from effpose.model import EfficientPose, build_model, build_op, load_checkpoint, measure_complexity, save_checkpoint
+from effpose.model import (
+    EfficientPose,
+    InvertedResidual,
+    build_model,
+    build_op,
+    load_checkpoint,
+    measure_complexity,
+    save_checkpoint,
+    set_drop_path,
+)
 
 # spec: parameters with 16 joints; true-cost MACs at 256x256 and 256x192 (input_size is width, height)
 SPEC_PARAMS = {"A": 1.299e6, "B": 3.253e6, "C": 5.002e6}
@@ -55,6 +64,36 @@ def test_skip_is_identity_and_only_where_shapes_allow() -> None:
         build_op("skip", 16, 24, 1)
     with pytest.raises(ValueError):
         build_op("skip", 24, 24, 2)
+
+
+def test_drop_path_rises_with_depth_over_the_residual_blocks_only() -> None:
+    model = build_model("A")
+    count = set_drop_path(model, 0.2)
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    residual = [b.drop_path for b in blocks if b.use_residual]
+    assert count == len(residual) > 2
+    assert residual == sorted(residual) and residual[-1] == pytest.approx(0.2) and residual[0] > 0
+    assert all(b.drop_path == 0 for b in blocks if not b.use_residual)
+    set_drop_path(model, 0.0)
+    assert all(b.drop_path == 0 for b in blocks)
+    with pytest.raises(ValueError, match="drop_path"):
+        set_drop_path(model, 1.0)
+
+
+def test_drop_path_skips_whole_samples_in_training_and_nothing_in_eval() -> None:
+    torch.manual_seed(0)
+    block = build_op("ir_k3_e3", 8, 8, 1).eval()
+    x = torch.randn(64, 8, 6, 6)
+    with torch.no_grad():
+        branch = block.body(x)
+        block.drop_path = 0.5
+        assert torch.equal(block(x), x + branch)  # eval: the plain residual
+        block.training = True  # the block samples; its batch norms stay in eval mode, so the branch is as above
+        out = block(x)
+    dropped = torch.isclose(out, x, atol=1e-6).flatten(1).all(1)
+    kept = torch.isclose(out, x + 2 * branch, atol=1e-5).flatten(1).all(1)
+    assert torch.all(dropped ^ kept)  # each sample either skips the branch or keeps it scaled by 1 / (1 - 0.5)
+    assert 16 < int(dropped.sum()) < 48
 
 
 @pytest.mark.slow

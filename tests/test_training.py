@@ -103,6 +103,25 @@ def test_precise_bn_averages_statistics_over_the_given_batches() -> None:
     assert model.norm.momentum == 0.1  # restored
 
 
+def test_precise_bn_collects_statistics_without_stochastic_depth() -> None:
+    import torch
+    from torch import nn
+
+    from effpose.model import build_op, set_drop_path
+    from effpose.training.trainer import precise_bn
+
+    torch.manual_seed(0)
+    batches = [{"image": torch.randn(8, 8, 6, 6)} for _ in range(3)]
+    means = []
+    for rate in (0.0, 0.9):
+        torch.manual_seed(1)
+        model = nn.Sequential(build_op("ir_k3_e3", 8, 8, 1), build_op("ir_k3_e3", 8, 8, 1))
+        set_drop_path(model, rate)
+        precise_bn(model, batches, batches=3, device=torch.device("cpu"))
+        means.append(model[1].body[0][1].running_mean)  # after the first block's (droppable) residual branch
+    assert torch.equal(means[0], means[1])
+
+
 @pytest.mark.slow
 def test_depth_pruned_and_grown_genotypes_start_from_the_full_networks_weights(tmp_path, random_model_a) -> None:
     import dataclasses

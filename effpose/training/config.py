@@ -41,6 +41,7 @@ class LoopConfig(JsonConfig):
     lr_steps: list[int] = field(default_factory=lambda: [90, 120])  # epochs where lr is multiplied by 0.1
     warmup_steps: int = 300
     ema_decay: float = 0.0  # > 0: validate, export and ship an exponential moving average of the weights
+    drop_path: float = 0.0  # stochastic depth of the deepest residual block (rising linearly from 0); 0: off
     select_metric: str = "mean_AP"  # best checkpoint: mean of the val sets' AP, or "<val name>/AP"
     workers: int = 2
     amp: bool = True  # bfloat16 autocast, only used on CUDA
@@ -53,8 +54,8 @@ class LoopConfig(JsonConfig):
         """Fail early on loop settings that cannot work (each task's ``validate`` calls this)."""
         if self.batch_size <= 0 or self.epochs <= 0 or self.lr <= 0:
             raise ValueError("batch_size, epochs and lr must be positive")
-        if self.weight_decay < 0 or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("weight_decay must be >= 0 and ema_decay in [0, 1)")
+        if self.weight_decay < 0 or not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.drop_path < 1.0:
+            raise ValueError("weight_decay must be >= 0, ema_decay and drop_path in [0, 1)")
 
 
 @dataclass

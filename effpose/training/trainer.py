@@ -41,7 +41,7 @@ from effpose.data.pack import load_pack
 from effpose.evaluation import evaluate
 from effpose.evaluation.runner import estimator_for_model
 from effpose.export import export_onnx
-from effpose.model import EfficientPose, GenotypeTrunk, build_model, save_checkpoint
+from effpose.model import EfficientPose, GenotypeTrunk, build_model, save_checkpoint, set_drop_path
 from effpose.model.seed import remap_lite0
 from effpose.training.config import LoopConfig, TrainConfig
 from effpose.training.loss import JointsMSELoss
@@ -239,10 +239,11 @@ def precise_bn(model: EfficientPose, loader: DataLoader, batches: int, device: t
     """
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in norms]
+    model.eval()  # only the norms collect statistics: stochastic depth stays off, as at inference
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
-    model.train()
+        norm.train()
     for index, batch in enumerate(loader):
         if index >= batches:
             break
@@ -284,6 +285,9 @@ class TrainingLoop:
         self.run_started = time.monotonic()  # reset by fit(): the start of this run's time budget
         seed_everything(config.seed + env.rank)
         self.model = self.build_model().to(env.device)
+        if config.drop_path:
+            blocks = set_drop_path(self.model, config.drop_path)
+            log.info("stochastic depth: %d residual blocks, drop rate rising to %.2f", blocks, config.drop_path)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.network: nn.Module = (
