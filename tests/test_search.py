@@ -281,7 +281,7 @@ def test_search_config_rejects_settings_that_cannot_work(tiny_config: Path) -> N
     SearchConfig.from_training_config(data, epochs=2, warmup_epochs=1).validate()
     for settings, message in [({"cost": "latency"}, "needs lut=FILE"), ({"lut": "x.json"}, "takes no LUT"),
                               ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs"), ({"space": "Z"}, "search space"),
-                              ({"cost_lambda": -1.0}, "cost_lambda")]:
+                              ({"cost_lambda": -1.0}, "cost_lambda"), ({"drop_path": 0.1}, "drop_path")]:
         with pytest.raises(ValueError, match=message):
             SearchConfig.from_training_config(data, **settings).validate()
 

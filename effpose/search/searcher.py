@@ -99,6 +99,8 @@ class SearchConfig(TrainConfig):
             raise ValueError(f"warmup_epochs must lie in [0, epochs), got {self.warmup_epochs} of {self.epochs}")
         if self.cost_lambda < 0 or self.cost_base <= 1 or self.target_cost < 0 or self.arch_lr <= 0:
             raise ValueError("need cost_lambda >= 0, cost_base > 1, target_cost >= 0 and arch_lr > 0")
+        if self.drop_path:  # set_drop_path would rank a layer's candidate ops as if they were successive blocks
+            raise ValueError("drop_path is for training a fixed architecture, not for the search's supernet")
 
 
 def split_by_image(records: Sequence[PersonRecord], seed: int) -> tuple[list[PersonRecord], list[PersonRecord]]:
